@@ -1,0 +1,7 @@
+//! placeholder, replaced by the rustbpe work
+use pyo3::prelude::*;
+
+#[pymodule]
+fn rustbpe(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+    Ok(())
+}
