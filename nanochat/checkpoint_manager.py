@@ -1,0 +1,285 @@
+"""
+Saving and loading checkpoints: model weights, each rank's optimizer state, and run metadata.
+
+Layout of one checkpoint (step formatted as 6 digits, e.g. 000500):
+    <checkpoint_dir>/<step>/model_<step>.pt            model state_dict (rank 0)
+                           /optim_<step>_rank<r>.pt    optimizer state of rank r (a list, one per optimizer)
+                           /meta_<step>.json           model_config, run args, loop and data-loader state
+Checkpoints of a pipeline stage live under get_base_dir()/<stage folder>/<model_tag>/, with stage
+folders base_checkpoints, mid_checkpoints, chatsft_checkpoints, chatrl_checkpoints and model tags
+"d<depth>" (e.g. d20). `load_model("sft", device, "eval")` picks the largest tag and the latest step.
+
+Atomicity. A step is written into the hidden folder <checkpoint_dir>/.tmp_<step>/ and only then
+renamed to <checkpoint_dir>/<step>/; rename is atomic on POSIX filesystems, so a folder named like a
+step is always complete, and a crash at any moment leaves the previous steps untouched. Under
+torch.distributed every rank calls save_checkpoint:
+    rank 0 clears a leftover .tmp_<step> and creates it      -> barrier
+    every rank writes (and fsyncs) its optimizer shard        -> barrier
+    rank 0 writes model + meta, fsyncs, renames the folder    -> barrier (nobody reads it earlier)
+A crash of any rank before the rename leaves only a .tmp_ folder, which loading ignores (and reports)
+and the next save of that step replaces. Re-saving an existing step moves the old folder to
+.old_<step> first, so the step is briefly absent but never half-written.
+Not covered: ranks that do not share one filesystem (multi-node without shared storage), and a
+filesystem that does not make rename atomic (some network filesystems).
+
+Meta: a JSON-serialisable dict; build_model needs meta["model_config"] (the GPTConfig fields).
+Optimizer state is sharded by rank (see nanochat/optim.py), so it only loads at the same world size.
+
+Tests: tests/test_checkpoint.py (round trip, crash during a save, errors, load_model end to end).
+"""
+
+import json
+import os
+import re
+import shutil
+
+import torch
+import torch.distributed as dist
+
+from nanochat.common import get_base_dir, logger
+
+SOURCE_DIRS = {"base": "base_checkpoints", "mid": "mid_checkpoints", "sft": "chatsft_checkpoints", "rl": "chatrl_checkpoints"}
+_STEP_RE = re.compile(r"^\d{6,}$")
+_TAG_RE = re.compile(r"^d(\d+)$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint exists but cannot be used (corrupt file, missing config, wrong world size)."""
+
+
+def _model_path(step_dir, step):
+    return os.path.join(step_dir, f"model_{step:06d}.pt")
+
+
+def _meta_path(step_dir, step):
+    return os.path.join(step_dir, f"meta_{step:06d}.json")
+
+
+def _optim_path(step_dir, step, rank):
+    return os.path.join(step_dir, f"optim_{step:06d}_rank{rank}.pt")
+
+
+def _fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write(path, write_fn):
+    """Write a file through write_fn(f) and flush it to disk before returning."""
+    with open(path, "wb") as f:
+        write_fn(f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _dist_world():
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _listing(path):
+    """What is in a folder, for error messages."""
+    try:
+        return sorted(os.listdir(path)) or "(empty)"
+    except OSError:
+        return "(cannot be listed)"
+
+
+# -----------------------------------------------------------------------------
+# discovery
+
+def list_steps(checkpoint_dir):
+    """Sorted steps that have a complete checkpoint folder (model and meta present)."""
+    if not os.path.isdir(checkpoint_dir):
+        return []
+    steps = []
+    for name in os.listdir(checkpoint_dir):
+        step_dir = os.path.join(checkpoint_dir, name)
+        if _STEP_RE.match(name) and os.path.isdir(step_dir):
+            step = int(name)
+            if os.path.isfile(_model_path(step_dir, step)) and os.path.isfile(_meta_path(step_dir, step)):
+                steps.append(step)
+    return sorted(steps)
+
+
+def leftover_dirs(checkpoint_dir):
+    """Temporary folders of saves that did not finish (a crash); they are never loaded."""
+    if not os.path.isdir(checkpoint_dir):
+        return []
+    return sorted(n for n in os.listdir(checkpoint_dir) if n.startswith((".tmp_", ".old_")))
+
+
+def latest_step(checkpoint_dir):
+    """The largest step with a complete checkpoint in checkpoint_dir."""
+    if not os.path.isdir(checkpoint_dir):
+        raise FileNotFoundError(f"checkpoint folder {checkpoint_dir} does not exist "
+                                f"(its parent holds: {_listing(os.path.dirname(os.path.abspath(checkpoint_dir)))})")
+    steps = list_steps(checkpoint_dir)
+    if not steps:
+        raise FileNotFoundError(f"checkpoint folder {checkpoint_dir} holds no complete checkpoint "
+                                f"(it holds: {_listing(checkpoint_dir)}); train or save one first")
+    return steps[-1]
+
+
+def find_largest_model(checkpoints_root):
+    """The model tag "d<N>" with the largest N under checkpoints_root."""
+    names = os.listdir(checkpoints_root) if os.path.isdir(checkpoints_root) else []
+    tags = [n for n in names if _TAG_RE.match(n) and os.path.isdir(os.path.join(checkpoints_root, n))]
+    if not tags:
+        raise FileNotFoundError(f"no model tag folder (d<depth>, e.g. d20) in {checkpoints_root}; "
+                                f"it holds: {_listing(checkpoints_root)}. Pass model_tag= or train a model first")
+    return max(tags, key=lambda t: int(_TAG_RE.match(t).group(1)))
+
+
+# -----------------------------------------------------------------------------
+# save / load
+
+def save_checkpoint(checkpoint_dir, step, model_state, optimizer_states, meta, rank=0, keep_last=None):
+    """Atomically save one step; returns the step folder. Under torch.distributed EVERY rank must call it.
+
+    model_state: state_dict (used on rank 0 only; other ranks may pass None).
+    optimizer_states: this rank's optimizer state (e.g. [adamw.state_dict(), muon.state_dict()]), or None.
+    meta: JSON-serialisable dict (rank 0 only), with "model_config" for build_model.
+    keep_last: if set, delete all but the newest keep_last complete steps after this one is published.
+    An error on one rank (e.g. a meta that is not JSON on rank 0) leaves the others waiting at a
+    barrier until torch.distributed's timeout; torchrun then stops the job. Nothing is published.
+    """
+    if keep_last is not None and keep_last < 1:
+        raise ValueError(f"keep_last must be at least 1 (or None to keep every step), got {keep_last}")
+    world = _dist_world()
+    step_dir = os.path.join(checkpoint_dir, f"{step:06d}")
+    tmp_dir = os.path.join(checkpoint_dir, f".tmp_{step:06d}")
+    if rank == 0:
+        try:
+            meta_text = json.dumps(meta, indent=2)  # before touching the disk: a bad meta breaks nothing
+        except TypeError as e:
+            raise TypeError(f"checkpoint meta for step {step} is not JSON-serialisable: {e}") from e
+        os.makedirs(checkpoint_dir, exist_ok=True)
+        if os.path.exists(tmp_dir):
+            logger.warning(f"removing {tmp_dir}, left over by a save that did not finish")
+            shutil.rmtree(tmp_dir)
+        os.makedirs(tmp_dir)
+    if world > 1:
+        dist.barrier()
+    if optimizer_states is not None:
+        _write(_optim_path(tmp_dir, step, rank), lambda f: torch.save(optimizer_states, f))
+    if world > 1:
+        dist.barrier()  # every shard is on disk before rank 0 publishes the folder
+    if rank == 0:
+        _write(_model_path(tmp_dir, step), lambda f: torch.save(model_state, f))
+        _write(_meta_path(tmp_dir, step), lambda f: f.write(meta_text.encode()))
+        _fsync_dir(tmp_dir)
+        if os.path.exists(step_dir):  # re-saving a step: never leave a half folder under the step's name
+            old_dir = os.path.join(checkpoint_dir, f".old_{step:06d}")
+            shutil.rmtree(old_dir, ignore_errors=True)
+            os.rename(step_dir, old_dir)
+            os.rename(tmp_dir, step_dir)
+            shutil.rmtree(old_dir)
+        else:
+            os.rename(tmp_dir, step_dir)
+        _fsync_dir(checkpoint_dir)
+        if keep_last is not None:
+            for old in list_steps(checkpoint_dir)[:-keep_last]:
+                shutil.rmtree(os.path.join(checkpoint_dir, f"{old:06d}"))
+        logger.info(f"saved checkpoint {step_dir}")
+    if world > 1:
+        dist.barrier()  # the folder exists for every rank once this returns
+    return step_dir
+
+
+def _load_torch(path, device, checkpoint_dir):
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"cannot read checkpoint file {path} ({type(e).__name__}: {e}); it is corrupt or "
+                              f"truncated. Complete steps in {checkpoint_dir}: {list_steps(checkpoint_dir)}; "
+                              f"load another step or delete this one") from e
+
+
+def load_checkpoint(checkpoint_dir, step=None, device="cpu", load_optimizer=False, rank=0):
+    """(model_state, optimizer_state or None, meta) of a step (default: the latest complete one)."""
+    for name in leftover_dirs(checkpoint_dir):
+        logger.warning(f"ignoring {os.path.join(checkpoint_dir, name)}: a save that did not finish")
+    if step is None:
+        step = latest_step(checkpoint_dir)
+    elif step not in list_steps(checkpoint_dir):
+        if not os.path.isdir(checkpoint_dir):
+            latest_step(checkpoint_dir)  # raises the missing-folder error
+        raise FileNotFoundError(f"no complete checkpoint for step {step} in {checkpoint_dir}; "
+                                f"available steps: {list_steps(checkpoint_dir)}")
+    step_dir = os.path.join(checkpoint_dir, f"{step:06d}")
+    model_state = _load_torch(_model_path(step_dir, step), device, checkpoint_dir)
+    meta_path = _meta_path(step_dir, step)
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read checkpoint metadata {meta_path} ({e}); complete steps in "
+                              f"{checkpoint_dir}: {list_steps(checkpoint_dir)}") from e
+    optimizer_state = None
+    if load_optimizer:
+        optim_path = _optim_path(step_dir, step, rank)
+        if not os.path.isfile(optim_path):
+            shards = sorted(n for n in os.listdir(step_dir) if n.startswith("optim_"))
+            raise FileNotFoundError(f"no optimizer state for rank {rank} in {step_dir} (it holds {shards or 'none'}); "
+                                    f"optimizer state only resumes with the world size it was saved with")
+        optimizer_state = _load_torch(optim_path, device, checkpoint_dir)
+    return model_state, optimizer_state, meta
+
+
+# -----------------------------------------------------------------------------
+# models
+
+def build_model(checkpoint_dir, step, device, phase):
+    """(model, tokenizer, meta) from a step of checkpoint_dir (step None: the latest); phase "train"|"eval"."""
+    from nanochat.gpt import GPT, GPTConfig
+    from nanochat.tokenizer import get_tokenizer
+
+    if phase not in ("train", "eval"):
+        raise ValueError(f"phase must be 'train' or 'eval', got {phase!r}")
+    if step is None:
+        step = latest_step(checkpoint_dir)
+    model_state, _, meta = load_checkpoint(checkpoint_dir, step, device)
+    meta_path = _meta_path(os.path.join(checkpoint_dir, f"{step:06d}"), step)
+    if "model_config" not in meta:
+        raise CheckpointError(f"{meta_path} has no 'model_config' (keys: {sorted(meta)}); cannot rebuild the model")
+    try:
+        config = GPTConfig(**meta["model_config"])
+    except TypeError as e:
+        raise CheckpointError(f"model_config in {meta_path} does not fit GPTConfig: {e}") from e
+    # torch.compile'd models prefix every key with "_orig_mod."
+    model_state = {k.removeprefix("_orig_mod."): v for k, v in model_state.items()}
+    with torch.device("meta"):
+        model = GPT(config)
+    model.to_empty(device=device)
+    model.init_weights()  # fills the non-persistent buffers (rotary tables); the weights are overwritten next
+    try:
+        model.load_state_dict(model_state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"model weights in {_model_path(os.path.dirname(meta_path), step)} do not fit "
+                              f"GPT({config}): {e}") from e
+    tokenizer = get_tokenizer()
+    if tokenizer.get_vocab_size() > config.vocab_size:
+        raise CheckpointError(f"the tokenizer in {get_base_dir()}/tokenizer has {tokenizer.get_vocab_size()} tokens "
+                              f"but the model of {checkpoint_dir} only {config.vocab_size}: wrong tokenizer?")
+    model.train() if phase == "train" else model.eval()
+    return model, tokenizer, meta
+
+
+def load_model(source, device, phase, model_tag=None, step=None):
+    """(model, tokenizer, meta) of a pipeline stage: source "base"|"mid"|"sft"|"rl"."""
+    if source not in SOURCE_DIRS:
+        raise ValueError(f"checkpoint source must be one of {sorted(SOURCE_DIRS)}, got {source!r}")
+    root = os.path.join(get_base_dir(), SOURCE_DIRS[source])
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"no {source} checkpoints: {root} does not exist (the base dir holds: "
+                                f"{_listing(get_base_dir())}); run that training stage first")
+    if model_tag is None:
+        model_tag = find_largest_model(root)
+    checkpoint_dir = os.path.join(root, model_tag)
+    if not os.path.isdir(checkpoint_dir):
+        raise FileNotFoundError(f"no model tag {model_tag!r} in {root}; it holds: {_listing(root)}")
+    logger.info(f"loading {source} model from {checkpoint_dir} (step {step if step is not None else 'latest'})")
+    return build_model(checkpoint_dir, step, device, phase)

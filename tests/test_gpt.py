@@ -1,0 +1,247 @@
+"""
+Tests of nanochat/gpt.py: the model against an independent float64 re-implementation (explicit
+per-head attention, RoPE by complex multiplication), the KV-cache path against the full forward
+(MHA, GQA, MQA), the loss against F.cross_entropy, the FLOP/parameter counts against a hand count,
+and the optimizer set-up.
+
+    uv run pytest tests/test_gpt.py -q
+"""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import nanochat.gpt as gpt_module
+from nanochat.engine import KVCache
+from nanochat.gpt import GPT, GPTConfig, SoftcapCrossEntropy, apply_rotary_emb, softcap_cross_entropy_reference
+
+
+def tiny_model(n_head=4, n_kv_head=4, n_embd=32, n_layer=2, vocab_size=97, sequence_len=64, seed=0, randomize=True):
+    """A tiny GPT. randomize=True also fills the zero-initialised projections and scales the head up,
+    so that every block and every head actually contributes to the logits."""
+    torch.manual_seed(seed)
+    cfg = GPTConfig(sequence_len=sequence_len, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
+                    n_kv_head=n_kv_head, n_embd=n_embd)
+    model = GPT(cfg)
+    model.init_weights()
+    if randomize:
+        with torch.no_grad():
+            for block in model.transformer.h:
+                for proj in (block.attn.c_proj, block.mlp.c_proj):
+                    proj.weight.normal_(0.0, proj.in_features ** -0.5)
+            model.lm_head.weight.normal_(0.0, 0.3)
+    return model
+
+
+def reference_forward(model, idx):
+    """The model's logits recomputed independently, in float64, from its weights."""
+    cfg = model.config
+    C, H, Hkv, L = cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.n_layer
+    D = C // H
+    B, T = idx.shape
+    W = {k: v.double() for k, v in model.state_dict().items()}
+    eps = torch.finfo(torch.float32).eps  # F.rms_norm's default eps for fp32 inputs
+
+    def rms(x):
+        return x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps)
+
+    # RoPE: the pair (z[i], z[i + D/2]) as a complex number, rotated by -t * base^(-2i/D)
+    inv_freq = 10000.0 ** (-torch.arange(0, D, 2, dtype=torch.float64) / D)
+    angles = torch.arange(T, dtype=torch.float64)[:, None] * inv_freq[None, :]  # (T, D/2)
+    rotation = torch.polar(torch.ones_like(angles), -angles)
+
+    def rope(z):  # (B, T, heads, D)
+        zc = torch.complex(z[..., : D // 2], z[..., D // 2:]) * rotation[None, :, None, :]
+        return torch.cat([zc.real, zc.imag], dim=-1)
+
+    x = rms(W["transformer.wte.weight"][idx])
+    causal = torch.ones(T, T, dtype=torch.bool).triu(1)
+    for layer in range(L):
+        p = f"transformer.h.{layer}."
+        a = rms(x)
+        q = rms(rope((a @ W[p + "attn.c_q.weight"].T).view(B, T, H, D)))
+        k = rms(rope((a @ W[p + "attn.c_k.weight"].T).view(B, T, Hkv, D)))
+        v = (a @ W[p + "attn.c_v.weight"].T).view(B, T, Hkv, D)
+        out = torch.zeros(B, T, H, D, dtype=torch.float64)
+        for h in range(H):
+            g = h // (H // Hkv)  # the kv head that query head h reads
+            scores = torch.einsum("btd,bsd->bts", q[:, :, h], k[:, :, g]) / math.sqrt(D)
+            scores = scores.masked_fill(causal, float("-inf"))
+            out[:, :, h] = torch.softmax(scores, dim=-1) @ v[:, :, g]
+        x = x + out.reshape(B, T, C) @ W[p + "attn.c_proj.weight"].T
+        m = rms(x)
+        x = x + torch.relu(m @ W[p + "mlp.c_fc.weight"].T).pow(2) @ W[p + "mlp.c_proj.weight"].T
+    logits = rms(x) @ W["lm_head.weight"].T
+    return 15.0 * torch.tanh(logits / 15.0)
+
+
+@pytest.mark.parametrize("n_head,n_kv_head", [(4, 4), (4, 2), (4, 1)])
+def test_forward_matches_reference(n_head, n_kv_head):
+    model = tiny_model(n_head=n_head, n_kv_head=n_kv_head)
+    idx = torch.randint(0, model.config.vocab_size, (2, 24))
+    logits = model(idx)
+    assert logits.shape == (2, 24, model.config.vocab_size) and logits.dtype == torch.float32
+    torch.testing.assert_close(logits.double(), reference_forward(model, idx), atol=2e-5, rtol=1e-4)
+
+
+def test_loss_matches_cross_entropy_and_ignores_minus_one():
+    model = tiny_model()
+    V = model.config.vocab_size
+    idx = torch.randint(0, V, (3, 16))
+    targets = torch.randint(0, V, (3, 16))
+    targets[0, :5] = -1
+    targets[2, 10:] = -1
+    logits = model(idx).view(-1, V)
+    keep = targets.view(-1) != -1
+    per_token = -logits.log_softmax(-1)[torch.arange(logits.size(0)), targets.view(-1).clamp(min=0)]
+    torch.testing.assert_close(model(idx, targets), per_token[keep].mean())
+    torch.testing.assert_close(model(idx, targets, loss_reduction="sum"), per_token[keep].sum())
+    none = model(idx, targets, loss_reduction="none")
+    assert none.shape == (3 * 16,)
+    torch.testing.assert_close(none[keep], per_token[keep])
+    assert torch.all(none[~keep] == 0)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("blocks", ["one", "many"])
+def test_fused_cpu_loss_matches_plain_ops(reduction, blocks, monkeypatch):
+    """The CPU fast path (matmul + soft-cap + cross-entropy in one node, gradient computed in the
+    forward) against the same computation in plain autograd ops: loss and both gradients, with the
+    sweeps in one block and in many (7 rows of 3000, the last block ragged)."""
+    if blocks == "many":
+        monkeypatch.setattr(gpt_module, "SWEEP_BLOCK_ELEMENTS", 7 * 300)
+    torch.manual_seed(0)
+    N, C, V = 300, 24, 3000
+    x = torch.randn(N, C, requires_grad=True)
+    w = (torch.randn(V, C) * 2.0).requires_grad_()  # large logits: the soft-cap saturates
+    targets = torch.randint(0, V, (N,))
+    targets[::7] = -1
+    fused = SoftcapCrossEntropy.apply(x, w, targets, reduction)
+    plain = softcap_cross_entropy_reference(x, w, targets, reduction)
+    torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(fused)  # a non-trivial upstream gradient (per token for "none")
+    for a, b in zip(torch.autograd.grad(fused, (x, w), g), torch.autograd.grad(plain, (x, w), g)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    with torch.no_grad():  # the no-grad branch skips the gradient sweep; same loss
+        torch.testing.assert_close(SoftcapCrossEntropy.apply(x, w, targets, reduction), plain)
+
+
+def test_init_scheme():
+    model = tiny_model(randomize=False, vocab_size=1000)
+    for block in model.transformer.h:
+        assert torch.all(block.attn.c_proj.weight == 0) and torch.all(block.mlp.c_proj.weight == 0)
+    assert not any(isinstance(m, torch.nn.Linear) and m.bias is not None for m in model.modules())
+    assert model.lm_head.weight.data_ptr() != model.transformer.wte.weight.data_ptr()  # untied
+    # zero projections make every block the identity; a tiny head gives near-uniform predictions
+    idx = torch.randint(0, 1000, (2, 32))
+    loss = model(idx, idx)
+    assert abs(loss.item() - math.log(1000)) < 0.05
+    # the logit soft-cap bounds the logits at 15 whatever the head's scale
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1e5)
+    assert model(idx).abs().max() <= 15.0
+
+
+def test_meta_device_construction_matches_eager():
+    cfg = GPTConfig(sequence_len=16, vocab_size=50, n_layer=1, n_head=2, n_kv_head=1, n_embd=16)
+    eager = GPT(cfg)
+    with torch.device("meta"):
+        meta = GPT(cfg)
+    meta.to_empty(device="cpu")
+    meta.init_weights()
+    torch.testing.assert_close(meta.cos, eager.cos)
+    torch.testing.assert_close(meta.sin, eager.sin)
+    assert meta.cos.size(1) == 10 * cfg.sequence_len
+    # the rotary tables are derived, so checkpoints do not carry them
+    assert not any("cos" in k or "sin" in k for k in meta.state_dict())
+    meta.load_state_dict(eager.state_dict())
+    idx = torch.randint(0, 50, (1, 8))
+    torch.testing.assert_close(meta(idx), eager(idx))
+
+
+@pytest.mark.parametrize("n_kv_head", [4, 2, 1])
+def test_kv_cache_logits_match_full_forward(n_kv_head):
+    """Prefill, then a multi-token chunk, then one token at a time == one full forward."""
+    model = tiny_model(n_head=4, n_kv_head=n_kv_head)
+    cfg = model.config
+    B, T = 2, 30
+    idx = torch.randint(0, cfg.vocab_size, (B, T))
+    full = model(idx)
+    kv = KVCache(B, n_kv_head, T, cfg.n_embd // cfg.n_head, cfg.n_layer)
+    pieces = [model(idx[:, :9], kv_cache=kv), model(idx[:, 9:14], kv_cache=kv)]
+    pieces += [model(idx[:, t:t + 1], kv_cache=kv) for t in range(14, T)]
+    assert kv.get_pos() == T
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=2e-5, rtol=1e-4)
+
+
+def test_kv_cache_prefill_broadcasts_to_rows():
+    model = tiny_model(n_kv_head=2)
+    cfg = model.config
+    D = cfg.n_embd // cfg.n_head
+    prompt = torch.randint(0, cfg.vocab_size, (1, 7))
+    one = KVCache(1, 2, 7, D, cfg.n_layer)
+    model(prompt, kv_cache=one)
+    many = KVCache(3, 2, 12, D, cfg.n_layer)
+    many.prefill(one)
+    assert many.get_pos() == 7
+    # continuing 3 different rows from the shared prefix == full forwards of each row
+    nxt = torch.randint(0, cfg.vocab_size, (3, 1))
+    step = model(nxt, kv_cache=many)
+    full = model(torch.cat([prompt.expand(3, -1), nxt], dim=1))[:, -1:]
+    torch.testing.assert_close(step, full, atol=2e-5, rtol=1e-4)
+
+
+def test_rotary_attention_depends_only_on_relative_position():
+    """After the rotation a query-key score depends on the distance between their positions only."""
+    model = tiny_model()
+    D = model.config.n_embd // model.config.n_head
+    q, k = torch.randn(1, 1, 1, D), torch.randn(1, 1, 1, D)
+
+    def score(tq, tk):
+        rq = apply_rotary_emb(q, model.cos[:, tq:tq + 1], model.sin[:, tq:tq + 1])
+        rk = apply_rotary_emb(k, model.cos[:, tk:tk + 1], model.sin[:, tk:tk + 1])
+        return (rq * rk).sum()
+    torch.testing.assert_close(score(5, 2), score(105, 102), atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(score(5, 2), score(5, 4), atol=1e-3)
+
+
+def test_num_params_and_flops_by_hand():
+    V, C, L, H, Hkv, T = 50, 16, 2, 4, 2, 32
+    D = C // H
+    model = GPT(GPTConfig(sequence_len=T, vocab_size=V, n_layer=L, n_head=H, n_kv_head=Hkv, n_embd=C))
+    per_layer = C * C + 2 * C * Hkv * D + C * C + C * 4 * C + 4 * C * C  # q, k+v, attn proj, mlp fc, mlp proj
+    total = V * C + V * C + L * per_layer  # embedding, head, blocks
+    assert model.num_params() == total
+    assert model.estimate_flops() == 6 * (total - V * C) + 12 * L * H * D * T
+
+
+def test_setup_optimizers_groups_and_training():
+    pytest.importorskip("nanochat.optim")
+    from nanochat.optim import AdamW, Muon
+
+    model = tiny_model(n_embd=64, n_head=4, n_kv_head=2, randomize=False)
+    adamw, muon = model.setup_optimizers()
+    assert isinstance(adamw, AdamW) and isinstance(muon, Muon)
+    groups = adamw.param_groups + muon.param_groups
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in model.parameters()), "each parameter in exactly one group"
+    assert all(p.ndim == 2 for g in muon.param_groups for p in g["params"])
+    muon_ids = {id(p) for g in muon.param_groups for p in g["params"]}
+    assert muon_ids == {id(p) for p in model.transformer.h.parameters()}
+    assert all(g["initial_lr"] == g["lr"] for g in groups)
+    head_group = next(g for g in adamw.param_groups if any(p is model.lm_head.weight for p in g["params"]))
+    assert head_group["lr"] == pytest.approx(0.004 * (64 / 768) ** -0.5)
+    # a few steps on one fixed batch must bring the loss down a lot (memorisation)
+    torch.manual_seed(1)
+    idx = torch.randint(0, model.config.vocab_size, (4, 32))
+    first = None
+    for _ in range(30):
+        loss = model(idx[:, :-1], idx[:, 1:])
+        loss.backward()
+        adamw.step()
+        muon.step()
+        model.zero_grad(set_to_none=True)
+        first = loss.item() if first is None else first
+    assert loss.item() < 0.5 * first
