@@ -1,0 +1,463 @@
+"""
+The CORE metric of the DCLM paper (Li et al. 2024, "DataComp-LM", section 3 and appendix G): 22
+in-context-learning tasks scored by comparing log-probabilities of continuations, each accuracy
+centred against the task's random baseline, CORE = the mean of the centred accuracies.
+
+This file owns:
+- the eval bundle: core.yaml (task list), eval_meta_data.csv (random baselines) and eval_data/*.jsonl,
+  read from $NANOCHAT_DATA_DIR/core/ when a mirror is set, else downloaded once into
+  get_base_dir()/eval_bundle;
+- prompt rendering (few-shot examples, continuation delimiter), tokenisation, locating the
+  continuation tokens, cropping long prompts from the left;
+- scoring one item / one task with any causal LM whose forward(idx) returns logits (B, T, V),
+  spread over ranks when torch.distributed is initialised.
+
+The three task kinds (llm-foundry's ICL formats):
+- multiple_choice {query, choices, gold}: one context, several continuations; the prediction is the
+  continuation with the highest MEAN log-probability per token.
+- schema {context_options, continuation, gold}: several contexts, one continuation; the prediction is
+  the context under which the shared continuation has the highest mean log-probability.
+- language_modeling {context, continuation}: correct when greedy argmax decoding reproduces every
+  token of the continuation.
+
+Library only; the CLI is scripts/base_eval.py. Tests: tests/test_core_eval.py.
+"""
+
+import csv
+import json
+import os
+import random
+import re
+import shutil
+import tempfile
+import time
+import urllib.request
+import zipfile
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from nanochat.common import get_base_dir, get_data_dir, print0
+
+EVAL_BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"
+TASK_TYPES = ("multiple_choice", "schema", "language_modeling")
+DEFAULT_DELIMITER = " "  # llm-foundry's default continuation_delimiter
+FEWSHOT_SEPARATOR = "\n\n"
+FEWSHOT_SEED = 1234  # item idx draws its examples with random.Random(FEWSHOT_SEED + idx)
+
+# -----------------------------------------------------------------------------
+# A reader for the small YAML subset that core.yaml uses (PyYAML is not a dependency):
+#   top-level `key: scalar` or `key:` followed by a list of flat mappings (`-` then `  k: v` lines);
+#   scalars are "double quoted" (JSON escapes), 'single quoted', [flow, lists], ints, floats, bools, bare words.
+
+_INT_RE = re.compile(r"^[-+]?\d+$")
+_FLOAT_RE = re.compile(r"^[-+]?(\d+\.\d*|\.\d+|\d+)([eE][-+]?\d+)?$")
+
+
+def _parse_scalar(text, where):
+    text = text.strip()
+    if text.startswith('"'):
+        try:
+            # JSON's escapes (\n \t \" \\ \uXXXX) are the ones YAML double-quoted strings use here
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: cannot read the double-quoted string {text!r} ({e})") from None
+    if text.startswith("'"):
+        if len(text) < 2 or not text.endswith("'"):
+            raise ValueError(f"{where}: unterminated single-quoted string {text!r}")
+        return text[1:-1].replace("''", "'")
+    if " #" in text:  # an inline comment after an unquoted value
+        text = text.split(" #", 1)[0].rstrip()
+    if text.startswith("["):
+        if not text.endswith("]"):
+            raise ValueError(f"{where}: unterminated flow list {text!r}")
+        inner = text[1:-1].strip()
+        return [_parse_scalar(part, where) for part in inner.split(",")] if inner else []
+    if text in ("", "~", "null"):
+        return None
+    if text in ("true", "false"):
+        return text == "true"
+    if _INT_RE.match(text):
+        return int(text)
+    if _FLOAT_RE.match(text):
+        return float(text)
+    return text
+
+
+def _split_key_value(text, where):
+    key, sep, value = text.partition(":")
+    key = key.strip()
+    if not sep or not key or not re.match(r"^[A-Za-z_][\w.-]*$", key):
+        raise ValueError(f"{where}: expected `key: value`, got {text!r}")
+    return key, value.strip()
+
+
+def read_simple_yaml(path):
+    """Parse core.yaml's layout into a dict (see the comment above for the subset supported)."""
+    result, current_list, current_item = {}, None, None
+    with open(path, encoding="utf-8") as f:
+        for lineno, raw in enumerate(f, 1):
+            where = f"{path}:{lineno}"
+            line = raw.rstrip("\n").rstrip("\r")
+            stripped = line.strip()
+            if not stripped or stripped.startswith("#"):
+                continue
+            if "\t" in line[: len(line) - len(line.lstrip())]:
+                raise ValueError(f"{where}: tabs are not allowed in YAML indentation")
+            indent = len(line) - len(line.lstrip(" "))
+            if stripped == "-" or stripped.startswith("- "):
+                if current_list is None:
+                    raise ValueError(f"{where}: a list item with no `key:` line above it")
+                current_item = {}
+                current_list.append(current_item)
+                rest = stripped[1:].strip()
+                if rest:
+                    key, value = _split_key_value(rest, where)
+                    current_item[key] = _parse_scalar(value, where)
+            elif indent == 0:
+                key, value = _split_key_value(stripped, where)
+                current_item = None
+                if value:
+                    result[key], current_list = _parse_scalar(value, where), None
+                else:
+                    result[key] = current_list = []
+            else:
+                if current_item is None:
+                    raise ValueError(f"{where}: an indented `key: value` outside a list item")
+                key, value = _split_key_value(stripped, where)
+                current_item[key] = _parse_scalar(value, where)
+    return result
+
+
+# -----------------------------------------------------------------------------
+# The eval bundle
+
+def download_eval_bundle(dest_dir, url=EVAL_BUNDLE_URL, retries=5, backoff_s=2.0):
+    """Download the eval bundle zip and extract it into dest_dir (atomically: the folder appears complete or not at all)."""
+    parent = os.path.dirname(os.path.abspath(dest_dir))
+    os.makedirs(parent, exist_ok=True)
+    if os.path.exists(dest_dir):
+        raise FileExistsError(f"{dest_dir} exists but has no core.yaml (an incomplete bundle?); delete it and run again")
+    zip_path = dest_dir + ".zip"
+    last_error = None
+    for attempt in range(1, retries + 1):
+        try:
+            tmp_zip = f"{zip_path}.tmp{os.getpid()}"
+            with urllib.request.urlopen(url, timeout=60) as response, open(tmp_zip, "wb") as f:
+                shutil.copyfileobj(response, f)
+            os.replace(tmp_zip, zip_path)
+            break
+        except (OSError, ValueError) as e:  # URLError and socket errors are OSErrors
+            last_error = e
+            if os.path.exists(tmp_zip):
+                os.remove(tmp_zip)
+            print0(f"download of {url} failed (attempt {attempt}/{retries}): {e}")
+            if attempt < retries:
+                time.sleep(backoff_s * 2 ** (attempt - 1))
+    else:
+        raise RuntimeError(
+            f"Could not download the CORE eval bundle from {url} after {retries} attempts ({last_error}). "
+            f"Without network access, set NANOCHAT_DATA_DIR to a data mirror that has core/core.yaml "
+            f"(e.g. NANOCHAT_DATA_DIR=../shared/data)."
+        )
+    # extract next to the destination, then move the folder holding core.yaml into place
+    tmp_dir = tempfile.mkdtemp(prefix="eval_bundle_", dir=parent)
+    try:
+        try:
+            with zipfile.ZipFile(zip_path) as zf:
+                zf.extractall(tmp_dir)
+        except zipfile.BadZipFile as e:
+            os.remove(zip_path)
+            raise RuntimeError(f"{url} did not give a valid zip file ({e}); it was deleted, run again to retry") from None
+        roots = [tmp_dir] + [os.path.join(tmp_dir, d) for d in sorted(os.listdir(tmp_dir))]
+        root = next((r for r in roots if os.path.isfile(os.path.join(r, "core.yaml"))), None)
+        if root is None:
+            raise RuntimeError(f"the zip from {url} has no core.yaml at its top level or in its top folder")
+        os.replace(root, dest_dir)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    os.remove(zip_path)
+    return dest_dir
+
+
+def get_core_bundle_dir():
+    """$NANOCHAT_DATA_DIR/core when a mirror is set, else get_base_dir()/eval_bundle (downloaded on first use)."""
+    data_dir = get_data_dir()
+    if data_dir is not None:
+        bundle = os.path.join(data_dir, "core")
+        if not os.path.isfile(os.path.join(bundle, "core.yaml")):
+            raise FileNotFoundError(
+                f"NANOCHAT_DATA_DIR={data_dir!r} has no core/core.yaml. Point it at a mirror laid out like "
+                f"../shared/data (core/core.yaml, core/eval_meta_data.csv, core/eval_data/), or unset it "
+                f"to download the bundle from {EVAL_BUNDLE_URL}."
+            )
+        return bundle
+    bundle = os.path.join(get_base_dir(), "eval_bundle")
+    if not os.path.isfile(os.path.join(bundle, "core.yaml")):
+        download_eval_bundle(bundle)
+    return bundle
+
+
+def load_baselines(bundle_dir):
+    """{task label: random baseline in percent} from eval_meta_data.csv."""
+    path = os.path.join(bundle_dir, "eval_meta_data.csv")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        for column in ("Eval Task", "Random baseline"):
+            if column not in (reader.fieldnames or []):
+                raise ValueError(f"{path}: no column {column!r} (columns: {reader.fieldnames})")
+        baselines = {}
+        for lineno, row in enumerate(reader, 2):
+            try:
+                baselines[row["Eval Task"].strip()] = float(row["Random baseline"])
+            except (TypeError, ValueError):
+                raise ValueError(f"{path}:{lineno}: random baseline {row['Random baseline']!r} is not a number") from None
+    return baselines
+
+
+def load_core_tasks(bundle_dir):
+    """The task list of core.yaml, each a dict: label, dataset_uri, num_fewshot, task_type,
+    continuation_delimiter, random_baseline (percent)."""
+    path = os.path.join(bundle_dir, "core.yaml")
+    config = read_simple_yaml(path)
+    entries = config.get("icl_tasks")
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{path}: expected a non-empty `icl_tasks:` list")
+    baselines = load_baselines(bundle_dir)
+    tasks = []
+    for entry in entries:
+        for key in ("label", "dataset_uri", "num_fewshot", "icl_task_type"):
+            if key not in entry:
+                raise ValueError(f"{path}: task {entry.get('label', entry)} has no {key!r}")
+        label, shots = entry["label"], entry["num_fewshot"]
+        if isinstance(shots, list):  # DCLM lists one few-shot count per task
+            if len(shots) != 1:
+                raise ValueError(f"{path}: task {label} has num_fewshot {shots}; one value is supported")
+            shots = shots[0]
+        if not isinstance(shots, int) or shots < 0:
+            raise ValueError(f"{path}: task {label} has num_fewshot {shots!r}; expected a non-negative int")
+        if entry["icl_task_type"] not in TASK_TYPES:
+            raise ValueError(f"{path}: task {label} has icl_task_type {entry['icl_task_type']!r}; expected one of {TASK_TYPES}")
+        if label not in baselines:
+            raise ValueError(f"{path}: task {label} has no row in eval_meta_data.csv, so no random baseline")
+        tasks.append(dict(
+            label=label,
+            dataset_uri=entry["dataset_uri"],
+            num_fewshot=shots,
+            task_type=entry["icl_task_type"],
+            continuation_delimiter=entry.get("continuation_delimiter", DEFAULT_DELIMITER),
+            random_baseline=baselines[label],
+        ))
+    return tasks
+
+
+def load_task_data(bundle_dir, task_meta):
+    """The task's items (list of dicts) from eval_data/<dataset_uri>, checked for the fields its kind needs."""
+    path = os.path.join(bundle_dir, "eval_data", task_meta["dataset_uri"])
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"task {task_meta['label']}: data file {path} is missing from the eval bundle")
+    needed = {"multiple_choice": ("query", "choices", "gold"), "schema": ("context_options", "continuation", "gold"),
+              "language_modeling": ("context", "continuation")}[task_meta["task_type"]]
+    data = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e})") from None
+            missing = [k for k in needed if k not in item]
+            if missing:
+                raise ValueError(f"{path}:{lineno}: a {task_meta['task_type']} item needs {missing}")
+            data.append(item)
+    return data
+
+
+# -----------------------------------------------------------------------------
+# Prompts and tokens
+
+def fewshot_indices(idx, n, k):
+    """k distinct indices in [0, n) other than idx, the same every time for the same (idx, n, k)."""
+    assert 0 <= idx < n and 0 <= k < n, f"cannot draw {k} few-shot examples for item {idx} of {n}"
+    rng = random.Random(FEWSHOT_SEED + idx)
+    # sample from the n-1 other items: shift draws at or after idx up by one so idx itself is never drawn
+    return [j + (j >= idx) for j in rng.sample(range(n - 1), k)]
+
+
+def render_prompts(item, fewshot_items, task_meta):
+    """The prompt strings of one item.
+
+    multiple_choice: one full prompt per choice; schema: one per context option;
+    language_modeling: [prompt up to the continuation (less the delimiter's trailing spaces), full prompt].
+    """
+    delim, kind = task_meta["continuation_delimiter"], task_meta["task_type"]
+    if kind == "multiple_choice":
+        shots = [ex["query"] + delim + ex["choices"][ex["gold"]] for ex in fewshot_items]
+        prefix = "".join(s + FEWSHOT_SEPARATOR for s in shots)
+        return [prefix + item["query"] + delim + choice for choice in item["choices"]]
+    if kind == "schema":
+        shots = [ex["context_options"][ex["gold"]] + delim + ex["continuation"] for ex in fewshot_items]
+        prefix = "".join(s + FEWSHOT_SEPARATOR for s in shots)
+        return [prefix + ctx + delim + item["continuation"] for ctx in item["context_options"]]
+    if kind == "language_modeling":
+        shots = [ex["context"] + delim + ex["continuation"] for ex in fewshot_items]
+        prefix = "".join(s + FEWSHOT_SEPARATOR for s in shots)
+        context = prefix + item["context"]
+        # BPE merges a space into the word after it, so the context alone ends before the delimiter's trailing spaces
+        return [context + delim.rstrip(" "), context + delim + item["continuation"]]
+    raise ValueError(f"unknown task type {kind!r}; expected one of {TASK_TYPES}")
+
+
+def _common_prefix_len(rows):
+    n = min(len(r) for r in rows)
+    for i in range(n):
+        if any(r[i] != rows[0][i] for r in rows):
+            return i
+    return n
+
+
+def _common_suffix_len(rows):
+    return _common_prefix_len([r[::-1] for r in rows])
+
+
+def prepare_example(idx, data, tokenizer, task_meta, max_seq_len=None):
+    """Tokenise item idx with its few-shot examples.
+
+    Returns (rows, spans, gold): rows are token lists (one per option; one for language_modeling),
+    spans[i] = (start, end) such that rows[i][start:end] are the continuation tokens scored,
+    gold is the index of the right option (None for language_modeling).
+    """
+    item, kind = data[idx], task_meta["task_type"]
+    shots = [data[j] for j in fewshot_indices(idx, len(data), task_meta["num_fewshot"])]
+    prompts = render_prompts(item, shots, task_meta)
+    rows = tokenizer.encode(prompts, prepend=tokenizer.get_bos_token_id())
+    if kind == "multiple_choice":
+        assert len(rows) >= 2, f"item {idx} has {len(rows)} choices; multiple choice needs at least 2"
+        # everything up to the first token where the options differ is the shared context;
+        # keep at least one token per option to score (an option may be a token-prefix of another)
+        start = min(_common_prefix_len(rows), min(len(r) for r in rows) - 1)
+        spans, gold = [(start, len(r)) for r in rows], item["gold"]
+    elif kind == "schema":
+        assert len(rows) >= 2, f"item {idx} has {len(rows)} context options; schema needs at least 2"
+        # the shared continuation is the common tail; at least the BOS token stays in every context
+        n_cont = min(_common_suffix_len(rows), min(len(r) for r in rows) - 1)
+        spans, gold = [(len(r) - n_cont, len(r)) for r in rows], item["gold"]
+    else:
+        context, full = rows
+        # normally the context tokens are a prefix of the full prompt; if the tokeniser merged across
+        # the boundary, the merged token is scored as part of the continuation
+        start = min(_common_prefix_len([context, full]), len(full) - 1)
+        rows, spans, gold = [full], [(start, len(full))], None
+    if max_seq_len is not None:
+        rows, spans = zip(*(_crop_left(r, s, max_seq_len, task_meta["label"], idx) for r, s in zip(rows, spans)))
+        rows, spans = list(rows), list(spans)
+    return rows, spans, gold
+
+
+def _crop_left(row, span, max_seq_len, label, idx):
+    """Drop tokens from the left so the row fits the model's context; the continuation is kept whole."""
+    if len(row) <= max_seq_len:
+        return row, span
+    cut = len(row) - max_seq_len
+    start, end = span[0] - cut, span[1] - cut
+    if start < 1:  # position start-1 must remain to predict the first continuation token
+        raise ValueError(f"task {label} item {idx}: the continuation ({span[1] - span[0]} tokens) "
+                         f"does not fit a context of {max_seq_len} tokens")
+    return row[cut:], (start, end)
+
+
+# -----------------------------------------------------------------------------
+# Scoring
+
+@torch.no_grad()
+def score_rows(model, rows, spans, device, pad_id=0):
+    """Forward all rows as one right-padded batch (causal model: padding never affects earlier positions).
+
+    Returns, per row, (mean log-prob of the continuation tokens, whether greedy argmax reproduces them all).
+    """
+    T = max(len(r) for r in rows)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+    logits = model(ids.to(device))  # (B, T, V)
+    results = []
+    for i, (start, end) in enumerate(spans):
+        # logits at position t predict token t+1: positions start-1 .. end-2 predict the continuation
+        pred = logits[i, start - 1 : end - 1].float()  # (L, V)
+        targets = ids[i, start:end].to(pred.device)  # (L,)
+        logprobs = F.log_softmax(pred, dim=-1).gather(1, targets[:, None]).squeeze(1)  # (L,)
+        greedy_ok = bool((pred.argmax(dim=-1) == targets).all())
+        results.append((logprobs.mean().item(), greedy_ok))
+    return results
+
+
+def is_correct(scores, gold, task_type):
+    """Whether the item was answered right, given score_rows' output for its rows."""
+    if task_type == "language_modeling":
+        return scores[0][1]
+    means = [m for m, _ in scores]
+    return means.index(max(means)) == gold
+
+
+def evaluate_example(idx, model, tokenizer, data, device, task_meta, max_seq_len=None):
+    """True when the model answers item idx correctly."""
+    rows, spans, gold = prepare_example(idx, data, tokenizer, task_meta, max_seq_len)
+    scores = score_rows(model, rows, spans, device, pad_id=tokenizer.get_bos_token_id())
+    return is_correct(scores, gold, task_meta["task_type"])
+
+
+def _model_max_seq_len(model):
+    config = getattr(model, "config", None)
+    return getattr(config, "sequence_len", None)
+
+
+def evaluate_task(model, tokenizer, data, device, task_meta, max_items=None, batch_size=1, max_seq_len=None,
+                  progress=False):
+    """Accuracy of the model on the task's first max_items items (all when None).
+
+    Few-shot examples are drawn from all of `data`, so an item's prompt does not depend on max_items.
+    Items are spread over ranks (rank::world_size) and the correct counts summed with all_reduce.
+    batch_size items share one forward pass. max_seq_len defaults to model.config.sequence_len.
+    """
+    n = len(data) if max_items is None else min(max_items, len(data))
+    max_seq_len = max_seq_len if max_seq_len is not None else _model_max_seq_len(model)
+    ddp = dist.is_available() and dist.is_initialized()
+    rank, world_size = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
+    pad_id = tokenizer.get_bos_token_id()
+    my_items = list(range(rank, n, world_size))
+    correct, done, next_report = 0, 0, 0.1
+    for b in range(0, len(my_items), batch_size):
+        prepared = [prepare_example(i, data, tokenizer, task_meta, max_seq_len) for i in my_items[b : b + batch_size]]
+        all_rows = [r for rows, _, _ in prepared for r in rows]
+        all_spans = [s for _, spans, _ in prepared for s in spans]
+        scores = score_rows(model, all_rows, all_spans, device, pad_id=pad_id)
+        offset = 0
+        for rows, _, gold in prepared:
+            correct += is_correct(scores[offset : offset + len(rows)], gold, task_meta["task_type"])
+            offset += len(rows)
+        done += len(prepared)
+        if progress and my_items and done / len(my_items) >= next_report:
+            print0(f"\r  {task_meta['label']}: {done}/{len(my_items)} items on rank 0", end="", flush=True)
+            next_report += 0.1
+    if progress:
+        print0("\r" + " " * 70 + "\r", end="", flush=True)
+    if ddp:
+        counts = torch.tensor([correct], dtype=torch.long, device=device)
+        dist.all_reduce(counts, op=dist.ReduceOp.SUM)
+        correct = int(counts.item())
+    return correct / n if n else float("nan")
+
+
+def centered_accuracy(accuracy, random_baseline_pct):
+    """(acc - b) / (1 - b), b the random baseline as a fraction: 0 at chance, 1 when perfect."""
+    b = random_baseline_pct / 100.0
+    assert b < 1.0, f"a random baseline of {random_baseline_pct}% leaves nothing to centre against"
+    return (accuracy - b) / (1.0 - b)
+
+
+def core_metric(centered):
+    """CORE: the mean of the tasks' centred accuracies ({label: centred accuracy})."""
+    assert centered, "CORE needs at least one task"
+    return sum(centered.values()) / len(centered)
