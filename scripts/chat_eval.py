@@ -20,7 +20,7 @@ from contextlib import nullcontext
 
 import torch
 
-from nanochat.checkpoint_manager import load_model
+from nanochat.checkpoint_manager import CheckpointError, load_model
 from nanochat.common import compute_cleanup, compute_init, get_base_dir, print0
 from nanochat.task_eval import BASELINES, centered, chatcore, evaluate_task
 
@@ -57,7 +57,10 @@ if args.temperature < 0:
     parser.error(f"--temperature must be >= 0, got {args.temperature}")
 
 compute = compute_init(args.device_type)
-model, tokenizer, meta = load_model(args.source, compute.device, phase="eval", model_tag=args.model_tag, step=args.step)
+try:
+    model, tokenizer, meta = load_model(args.source, compute.device, phase="eval", model_tag=args.model_tag, step=args.step)
+except (FileNotFoundError, CheckpointError) as e:
+    parser.exit(1, f"chat_eval: cannot load the {args.source} checkpoint: {e}\n")
 autocast = (torch.amp.autocast(device_type="cuda", dtype=getattr(torch, args.dtype))
             if compute.device_type == "cuda" else nullcontext())
 

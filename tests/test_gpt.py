@@ -193,6 +193,20 @@ def test_kv_cache_prefill_broadcasts_to_rows():
     torch.testing.assert_close(step, full, atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("rows", [1, 3])
+def test_cpu_decode_head_matches_plain_head_and_follows_weight_updates(rows):
+    """The CPU decode path of the head (a cached transposed copy for one row, W @ x^T for several)
+    gives the plain head's logits, and a weight update in place invalidates the cached copy."""
+    model = tiny_model(vocab_size=300)
+    x = torch.randn(rows, 1, model.config.n_embd)
+    for _ in range(2):
+        with torch.inference_mode():
+            fast = model._head(x)
+        torch.testing.assert_close(fast, x @ model.lm_head.weight.detach().t(), atol=1e-6, rtol=1e-5)
+        with torch.no_grad():
+            model.lm_head.weight.mul_(-2.0)  # e.g. an optimizer step between two generations
+
+
 def test_rotary_attention_depends_only_on_relative_position():
     """After the rotation a query-key score depends on the distance between their positions only."""
     model = tiny_model()

@@ -1,0 +1,83 @@
+"""
+scripts/chat_eval.py end to end: a tiny chat checkpoint and a tiny data mirror made here, evaluated
+as a subprocess; the categorical accuracy it reports must equal an in-process reference.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from nanochat.checkpoint_manager import save_checkpoint
+from nanochat.gpt import GPT, GPTConfig
+from nanochat.task_eval import evaluate_categorical
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write_parquet(path, rows):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+
+
+@pytest.fixture(scope="module")
+def chat_setup(tmp_path_factory, tiny_tokenizer):
+    root = tmp_path_factory.mktemp("chat_eval")
+    base, data = root / "base", root / "data"
+    tiny_tokenizer.save(str(base / "tokenizer"))
+    torch.manual_seed(0)
+    config = GPTConfig(sequence_len=256, vocab_size=tiny_tokenizer.get_vocab_size(), n_layer=2, n_head=2,
+                       n_kv_head=1, n_embd=32)
+    model = GPT(config)
+    model.init_weights()
+    with torch.no_grad():  # random (not zero) output projections, so the letters' logits differ
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    save_checkpoint(str(base / "chatsft_checkpoints" / "d2"), 10, model.state_dict(), None,
+                    {"model_config": config.__dict__, "step": 10})
+    arc = [{"id": f"q{i}", "question": f"Which number is {i}?",
+            "choices": {"text": ["one", "two", "three", "four"], "label": ["A", "B", "C", "D"]},
+            "answerKey": "ABCD"[i % 4]} for i in range(6)]
+    write_parquet(str(data / "arc" / "ARC-Easy" / "test.parquet"), arc)
+    gsm = [{"question": f"What is {i} + 1?", "answer": f"{i} + 1 = <<{i}+1={i + 1}>>{i + 1}\n#### {i + 1}"}
+           for i in range(3)]
+    write_parquet(str(data / "gsm8k" / "main" / "test.parquet"), gsm)
+    env = dict(os.environ, NANOCHAT_BASE_DIR=str(base), NANOCHAT_DATA_DIR=str(data), OMP_NUM_THREADS="1")
+    return model.eval(), env, base
+
+
+def run_chat_eval(env, *flags):
+    return subprocess.run([sys.executable, "-m", "scripts.chat_eval", *flags], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_chat_eval_end_to_end(chat_setup, tiny_tokenizer, monkeypatch):
+    model, env, base = chat_setup
+    proc = run_chat_eval(env, "-i", "sft", "-a", "ARC-Easy|GSM8K", "--max-problems", "5",
+                         "--max-new-tokens", "8", "--device-type", "cpu")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ChatCORE (over 2 of 6 tasks)" in proc.stdout
+    [report] = os.listdir(base / "chat_eval")
+    with open(base / "chat_eval" / report) as f:
+        results = json.load(f)["results"]
+    assert results["ARC-Easy"]["total"] == 5 and results["GSM8K"]["total"] == 3
+
+    # the same accuracy in-process, from the same weights and data
+    monkeypatch.setenv("NANOCHAT_DATA_DIR", env["NANOCHAT_DATA_DIR"])
+    from tasks.arc import ARC
+    correct, total = evaluate_categorical(model, tiny_tokenizer, ARC("ARC-Easy", "test"), max_problems=5)
+    assert (results["ARC-Easy"]["correct"], total) == (correct, 5)
+
+
+def test_chat_eval_bad_input_gives_clear_errors(chat_setup):
+    _, env, _ = chat_setup
+    proc = run_chat_eval(env, "-i", "sft", "-a", "ARC-Easy|Trivia")
+    assert proc.returncode != 0 and "unknown task" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_chat_eval(env, "-i", "rl", "--device-type", "cpu")
+    assert proc.returncode == 1 and "cannot load the rl checkpoint" in proc.stderr
+    assert "Traceback" not in proc.stderr
