@@ -48,6 +48,7 @@ from nanochat.dataloader import DEFAULT_PACKING, PACKINGS, tokenizing_distribute
     tokenizing_distributed_data_loader_with_state
 from nanochat.dataset import split_files
 from nanochat.gpt import GPT, GPTConfig
+from nanochat.plot import plot_training_log
 from nanochat.loss_eval import evaluate_bpb
 from nanochat.tokenizer import get_token_bytes, get_tokenizer
 
@@ -423,5 +424,7 @@ if master and not stopping:
     with open(tmp, "w") as f:
         json.dump(summary, f, indent=2)
     os.replace(tmp, os.path.join(run_dir, "summary.json"))
+    if plot_training_log(log_path, os.path.join(run_dir, "loss.svg")):
+        print0(f"loss curves: {os.path.join(run_dir, 'loss.svg')}")
 wandb_run.finish()
 compute_cleanup()
