@@ -10,6 +10,7 @@ $NANOCHAT_BASE_DIR, or ~/.cache/nanochat. Input data is read from $NANOCHAT_DATA
 set (an offline mirror, laid out as described in the README), else downloaded into the base dir.
 """
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -51,6 +52,19 @@ def get_data_dir():
             f"(e.g. ../shared/data) or unset it to download from the hub."
         )
     return data_dir
+
+
+def iter_jsonl(path):
+    """(line number, record) for each non-blank line of a JSONL file; a line that is not JSON
+    raises ValueError naming the file and line."""
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield line_no, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{line_no}: not valid JSON ({e})") from None
 
 
 # -----------------------------------------------------------------------------

@@ -38,7 +38,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from nanochat.common import get_base_dir, get_data_dir, print0
+from nanochat.common import get_base_dir, get_data_dir, iter_jsonl, print0
 
 EVAL_BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"
 TASK_TYPES = ("multiple_choice", "schema", "language_modeling")
@@ -260,18 +260,11 @@ def load_task_data(bundle_dir, task_meta):
     needed = {"multiple_choice": ("query", "choices", "gold"), "schema": ("context_options", "continuation", "gold"),
               "language_modeling": ("context", "continuation")}[task_meta["task_type"]]
     data = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e})") from None
-            missing = [k for k in needed if k not in item]
-            if missing:
-                raise ValueError(f"{path}:{lineno}: a {task_meta['task_type']} item needs {missing}")
-            data.append(item)
+    for lineno, item in iter_jsonl(path):
+        missing = [k for k in needed if k not in item]
+        if missing:
+            raise ValueError(f"{path}:{lineno}: a {task_meta['task_type']} item needs {missing}")
+        data.append(item)
     return data
 
 

@@ -9,9 +9,10 @@ The log is the JSONL a training script appends to: one record per step ({"step",
 units differ (nats per token vs bits per byte).
 """
 
-import json
 import os
 from xml.sax.saxutils import escape
+
+from nanochat.common import iter_jsonl
 
 PANEL_W, PANEL_H, MARGIN = 420, 260, 48
 SERIES = [("smooth_loss", "train loss (smoothed, nats/token)", "#1f77b4"),
@@ -21,17 +22,10 @@ SERIES = [("smooth_loss", "train loss (smoothed, nats/token)", "#1f77b4"),
 def read_series(log_path):
     """{name: [(step, value), ...]} for the SERIES found in a JSONL log (in file order)."""
     series = {name: [] for name, _, _ in SERIES}
-    with open(log_path) as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{log_path}:{line_no}: not a JSON record ({e})") from None
-            for name in series:
-                if record.get(name) is not None and "step" in record:
-                    series[name].append((record["step"], float(record[name])))
+    for _, record in iter_jsonl(log_path):
+        for name in series:
+            if record.get(name) is not None and "step" in record:
+                series[name].append((record["step"], float(record[name])))
     return series
 
 
