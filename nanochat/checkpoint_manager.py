@@ -36,7 +36,7 @@ import shutil
 import torch
 import torch.distributed as dist
 
-from nanochat.common import get_base_dir, logger
+from nanochat.common import get_base_dir, get_world_size, logger
 
 SOURCE_DIRS = {"base": "base_checkpoints", "mid": "mid_checkpoints", "sft": "chatsft_checkpoints", "rl": "chatrl_checkpoints"}
 _STEP_RE = re.compile(r"^\d{6,}$")
@@ -73,10 +73,6 @@ def _write(path, write_fn):
         write_fn(f)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _dist_world():
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def _listing(path):
@@ -148,7 +144,7 @@ def save_checkpoint(checkpoint_dir, step, model_state, optimizer_states, meta, r
     """
     if keep_last is not None and keep_last < 1:
         raise ValueError(f"keep_last must be at least 1 (or None to keep every step), got {keep_last}")
-    world = _dist_world()
+    world = get_world_size()
     step_dir = os.path.join(checkpoint_dir, f"{step:06d}")
     tmp_dir = os.path.join(checkpoint_dir, f".tmp_{step:06d}")
     if rank == 0:

@@ -54,6 +54,21 @@ def get_data_dir():
     return data_dir
 
 
+def atomic_write(path, write_fn, mode="w"):
+    """Write a file through write_fn(file) into a temporary name beside it, flush it to disk, then
+    rename it over `path`: a reader (or a crash) sees the old file or the new one, never half."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        with open(tmp, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def iter_jsonl(path):
     """(line number, record) for each non-blank line of a JSONL file; a line that is not JSON
     raises ValueError naming the file and line."""

@@ -43,12 +43,7 @@ import torch
 import torch.distributed as dist
 from torch.optim.adamw import adamw as torch_adamw_functional
 
-
-def _rank_and_world():
-    """(rank, world_size) of the default process group, (0, 1) when there is none."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+from nanochat.common import get_rank, get_world_size
 
 
 # -----------------------------------------------------------------------------
@@ -83,7 +78,7 @@ class AdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        rank, world = _rank_and_world()
+        rank, world = get_rank(), get_world_size()
 
         # 1) launch the gradient reduce-scatters of every parameter (none at world size 1)
         received = []  # (group, p, this rank's averaged gradient slice, work)
@@ -288,7 +283,7 @@ class Muon(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        rank, world = _rank_and_world()
+        rank, world = get_rank(), get_world_size()
         buckets = self._buckets()
 
         # 1) launch one gradient reduce-scatter per bucket: (n_pad, R, C) -> this rank's (k, R, C)

@@ -9,10 +9,9 @@ The log is the JSONL a training script appends to: one record per step ({"step",
 units differ (nats per token vs bits per byte).
 """
 
-import os
 from xml.sax.saxutils import escape
 
-from nanochat.common import iter_jsonl
+from nanochat.common import atomic_write, iter_jsonl
 
 PANEL_W, PANEL_H, MARGIN = 420, 260, 48
 SERIES = [("smooth_loss", "train loss (smoothed, nats/token)", "#1f77b4"),
@@ -67,8 +66,5 @@ def plot_training_log(log_path, svg_path):
     for i, (name, title, color) in enumerate(drawn):
         parts += _panel(series[name], title, color, i * PANEL_W)
     parts.append("</svg>")
-    tmp = svg_path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write("\n".join(parts) + "\n")
-    os.replace(tmp, svg_path)
+    atomic_write(svg_path, lambda f: f.write("\n".join(parts) + "\n"))
     return [name for name, _, _ in drawn]

@@ -33,7 +33,7 @@ import torch
 
 import rustbpe
 
-from nanochat.common import get_base_dir
+from nanochat.common import atomic_write, get_base_dir
 
 logger = logging.getLogger("nanochat")
 
@@ -55,20 +55,6 @@ TOKEN_BYTES_FILE = "token_bytes.pt"
 FORMAT_NAME = "nanochat-bpe"
 FORMAT_VERSION = 1
 TRAIN_HINT = "train one with `python -m scripts.tok_train` (it saves to $NANOCHAT_BASE_DIR/tokenizer)"
-
-
-def _atomic_write(path, write_fn, mode="w"):
-    """Write through write_fn(file) into path.tmp, then rename over path (atomic on POSIX)."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        with open(tmp, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 class Tokenizer:
@@ -145,10 +131,10 @@ class Tokenizer:
             "special_tokens": self._special_ids,
             "vocab_size": self.get_vocab_size(),
         }
-        _atomic_write(os.path.join(tokenizer_dir, RANKS_FILE), write_ranks)
-        _atomic_write(os.path.join(tokenizer_dir, TOKEN_BYTES_FILE), lambda f: torch.save(self.token_bytes(), f), "wb")
+        atomic_write(os.path.join(tokenizer_dir, RANKS_FILE), write_ranks)
+        atomic_write(os.path.join(tokenizer_dir, TOKEN_BYTES_FILE), lambda f: torch.save(self.token_bytes(), f), "wb")
         # the metadata goes last: a directory with it is a directory whose other files are complete
-        _atomic_write(os.path.join(tokenizer_dir, META_FILE), lambda f: json.dump(meta, f, indent=2))
+        atomic_write(os.path.join(tokenizer_dir, META_FILE), lambda f: json.dump(meta, f, indent=2))
 
     @classmethod
     def from_directory(cls, tokenizer_dir):

@@ -43,7 +43,7 @@ import torch
 import torch.distributed as dist
 
 from nanochat.checkpoint_manager import latest_step, load_checkpoint, save_checkpoint
-from nanochat.common import DummyWandb, compute_cleanup, compute_init, get_base_dir, get_dist_info, print0
+from nanochat.common import DummyWandb, atomic_write, compute_cleanup, compute_init, get_base_dir, get_dist_info, print0
 from nanochat.dataloader import DEFAULT_PACKING, PACKINGS, tokenizing_distributed_data_loader, \
     tokenizing_distributed_data_loader_with_state
 from nanochat.dataset import split_files
@@ -420,10 +420,7 @@ if master and not stopping:
     print0(f"final val bpb {summary['final_val_bpb']:.6f} | min val bpb {summary['min_val_bpb']:.6f} | "
            f"training time {train_time / 60:.2f} min (evaluation excluded) | total FLOPs {total_flops:.4g} | "
            f"MFU {mfu_str}")
-    tmp = os.path.join(run_dir, "summary.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(summary, f, indent=2)
-    os.replace(tmp, os.path.join(run_dir, "summary.json"))
+    atomic_write(os.path.join(run_dir, "summary.json"), lambda f: json.dump(summary, f, indent=2))
     if plot_training_log(log_path, os.path.join(run_dir, "loss.svg")):
         print0(f"loss curves: {os.path.join(run_dir, 'loss.svg')}")
 wandb_run.finish()

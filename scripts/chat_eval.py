@@ -21,7 +21,7 @@ from contextlib import nullcontext
 import torch
 
 from nanochat.checkpoint_manager import CheckpointError, load_model
-from nanochat.common import compute_cleanup, compute_init, get_base_dir, print0
+from nanochat.common import atomic_write, compute_cleanup, compute_init, get_base_dir, print0
 from nanochat.task_eval import BASELINES, centered, chatcore, evaluate_task
 
 parser = argparse.ArgumentParser(description="Evaluate a chat model on ARC, MMLU, GSM8K, HumanEval, SpellingBee.")
@@ -86,8 +86,6 @@ if compute.master:
     os.makedirs(out_dir, exist_ok=True)
     step = meta.get("step", "latest")
     path = os.path.join(out_dir, f"{args.source}_{args.model_tag or 'default'}_{step}.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump({"args": vars(args), "results": results, "chatcore": score}, f, indent=2)
-    os.replace(path + ".tmp", path)
+    atomic_write(path, lambda f: json.dump({"args": vars(args), "results": results, "chatcore": score}, f, indent=2))
     print0(f"wrote {path}")
 compute_cleanup()
