@@ -6,7 +6,7 @@ Layout of one checkpoint (step formatted as 6 digits, e.g. 000500):
                            /optim_<step>_rank<r>.pt    optimizer state of rank r (a list, one per optimizer)
                            /meta_<step>.json           model_config, run args, loop and data-loader state
 Checkpoints of a pipeline stage live under get_base_dir()/<stage folder>/<model_tag>/, with stage
-folders base_checkpoints, mid_checkpoints, chatsft_checkpoints, chatrl_checkpoints and model tags
+folders base_checkpoints, mid_checkpoints, chat_checkpoints, rl_checkpoints and model tags
 "d<depth>" (e.g. d20). `load_model("sft", device, "eval")` picks the largest tag and the latest step.
 
 Atomicity. A step is written into the hidden folder <checkpoint_dir>/.tmp_<step>/ and only then
@@ -38,7 +38,7 @@ import torch.distributed as dist
 
 from nanochat.common import get_base_dir, get_world_size, logger
 
-SOURCE_DIRS = {"base": "base_checkpoints", "mid": "mid_checkpoints", "sft": "chatsft_checkpoints", "rl": "chatrl_checkpoints"}
+SOURCE_DIRS = {"base": "base_checkpoints", "mid": "mid_checkpoints", "sft": "chat_checkpoints", "rl": "rl_checkpoints"}
 _STEP_RE = re.compile(r"^\d{6,}$")
 _TAG_RE = re.compile(r"^d(\d+)$")
 
@@ -223,6 +223,57 @@ def load_checkpoint(checkpoint_dir, step=None, device="cpu", load_optimizer=Fals
                                     f"optimizer state only resumes with the world size it was saved with")
         optimizer_state = _load_torch(optim_path, device, checkpoint_dir)
     return model_state, optimizer_state, meta
+
+
+# -----------------------------------------------------------------------------
+# training state: what a stage needs to resume exactly
+
+def save_training_state(run_dir, step, model, optimizers, meta, loader_state):
+    """Save a resumable training step. EVERY rank calls it: each rank's loader state is gathered into
+    the meta (meta["loader_states"][r]), each rank writes its optimizer shard, rank 0 the weights.
+
+    meta: JSON dict (used on rank 0) with at least "model_config"; "step" and "world_size" are added.
+    loader_state: this rank's JSON-serialisable data position after the step (None if there is none).
+    """
+    from nanochat.common import get_rank
+
+    rank, world = get_rank(), get_world_size()
+    states = [None] * world
+    if world > 1:
+        dist.all_gather_object(states, loader_state)
+    else:
+        states = [loader_state]
+    meta = dict(meta, step=step, loader_states=states, world_size=world)
+    return save_checkpoint(run_dir, step, model.state_dict() if rank == 0 else None,
+                           [opt.state_dict() for opt in optimizers], meta, rank=rank)
+
+
+def load_training_state(run_dir, model, optimizers, device, model_config):
+    """Load the latest complete step of run_dir into model and optimizers (in place) for --resume.
+
+    Returns (step, this rank's loader state, meta). model_config: the dict of the run's GPTConfig,
+    checked against the checkpoint's. Raises FileNotFoundError (nothing to resume) or CheckpointError
+    (another model, another world size, a corrupt file), each with a message that says what to do.
+    """
+    from nanochat.common import get_rank
+
+    rank, world = get_rank(), get_world_size()
+    step = latest_step(run_dir)
+    model_state, optim_states, meta = load_checkpoint(run_dir, step, device=device, load_optimizer=True, rank=rank)
+    if meta.get("model_config") != model_config:
+        raise CheckpointError(f"the checkpoint in {run_dir} has model config {meta.get('model_config')}, but this run's "
+                              f"is {model_config}; resume with the run's own flags (or another --model-tag)")
+    saved_world = len(meta.get("loader_states") or [None])
+    if saved_world != world:
+        raise CheckpointError(f"the checkpoint in {run_dir} was saved by {saved_world} rank(s); resume it with "
+                              f"the same number of ranks (now {world})")
+    model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in model_state.items()})
+    if len(optim_states) != len(optimizers):
+        raise CheckpointError(f"the checkpoint in {run_dir} holds {len(optim_states)} optimizer states, "
+                              f"this run has {len(optimizers)} optimizers")
+    for opt, state in zip(optimizers, optim_states):
+        opt.load_state_dict(state)
+    return step, meta["loader_states"][rank], meta
 
 
 # -----------------------------------------------------------------------------

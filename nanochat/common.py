@@ -10,9 +10,12 @@ $NANOCHAT_BASE_DIR, or ~/.cache/nanochat. Input data is read from $NANOCHAT_DATA
 set (an offline mirror, laid out as described in the README), else downloaded into the base dir.
 """
 
+import functools
 import json
 import logging
 import os
+import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -180,6 +183,87 @@ def compute_cleanup():
     """Leave the process group (a no-op in one process)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+# -----------------------------------------------------------------------------
+# compute dtype and peak FLOP/s (for MFU)
+
+# Dense bf16 tensor-core peak FLOP/s from the vendors' datasheets. Matched in order against
+# torch.cuda.get_device_name(), so the more specific names come first.
+GPU_BF16_PEAK_FLOPS = [
+    ("H200", 989e12),
+    ("H100 NVL", 835e12),
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),   # SXM
+    ("A100", 312e12),
+    ("L40S", 362e12),
+    ("RTX 4090", 165.2e12),
+]
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
+BF16_MIN_SPEEDUP = 1.3  # auto picks bf16 on CPU only when its matmuls are at least this much faster
+
+
+def measure_matmul_flops(dtype=torch.float32, n=1024, seconds=0.5):
+    """Best n x n x n matmul rate of this process's CPU threads in `dtype`, FLOP/s, over `seconds`.
+    One product of a slow dtype (bf16 without AVX-512 BF16 runs ~100x slower than fp32) can take
+    longer than `seconds`; the probe then stops after that one. The one CPU peak of the project:
+    MFU in base_train and the other stages, model_bench and the dtype choice all use it."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b  # warm-up (thread pool, kernel selection)
+    best, t_end = 0.0, time.perf_counter() + seconds
+    while True:
+        t0 = time.perf_counter()
+        a @ b
+        t1 = time.perf_counter()
+        best = max(best, 2 * n ** 3 / (t1 - t0))
+        if t1 > t_end:
+            return best
+
+
+def pick_compute_dtype(device_type, requested="auto"):
+    """The dtype the forward/backward matmuls run in: "auto" -> bf16 on CUDA, fp32 on MPS, and on
+    CPU bf16 only where a measured bf16 matmul is BF16_MIN_SPEEDUP x faster than fp32 (CPUs with
+    AVX-512 BF16 / AMX); "float32" / "bfloat16" force it."""
+    if requested not in COMPUTE_DTYPES:
+        raise ValueError(f"compute dtype must be one of {COMPUTE_DTYPES}, got {requested!r}")
+    if requested != "auto":
+        return getattr(torch, requested)
+    if device_type == "cuda":
+        return torch.bfloat16
+    if device_type == "cpu":
+        fp32 = measure_matmul_flops(torch.float32, n=512, seconds=0.2)
+        bf16 = measure_matmul_flops(torch.bfloat16, n=512, seconds=0.2)
+        return torch.bfloat16 if bf16 >= BF16_MIN_SPEEDUP * fp32 else torch.float32
+    return torch.float32
+
+
+def autocast_ctx(device_type, dtype):
+    """torch.autocast to dtype, or a no-op context for fp32 (the parameters are fp32)."""
+    if dtype == torch.float32:
+        return nullcontext()
+    return torch.amp.autocast(device_type=device_type, dtype=dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_peak(dtype):
+    return measure_matmul_flops(dtype)
+
+
+def get_peak_flops(device, dtype):
+    """(peak FLOP/s of one device in `dtype`, or None; what it is) for MFU. GPUs: the bf16
+    datasheet figure (fp32 on a GPU has no MFU here); CPU: the measured matmul rate of the dtype
+    actually used; MPS: unknown."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        peak = next((flops for key, flops in GPU_BF16_PEAK_FLOPS if key in name), None)
+        if peak is None or dtype != torch.bfloat16:
+            return None, f"{name}: no {dtype} peak known, no MFU"
+        return peak, f"{name} bf16 peak"
+    if device.type == "cpu":
+        what = str(dtype).removeprefix("torch.")
+        return _cpu_peak(dtype), f"measured {what} matmul rate of {torch.get_num_threads()} CPU thread(s)"
+    return None, f"{device.type}: no peak known, no MFU"
 
 
 class DummyWandb:

@@ -84,7 +84,10 @@ def pack_concat(docs, row_len):
 
 
 def _read_texts(path, row_group):
-    return pq.ParquetFile(path).read_row_group(row_group, columns=["text"]).column("text").to_pylist()
+    """The documents of one row group; a null text (a missing value in the column) is skipped, as
+    scripts/tok_train.py skips it: there is nothing to learn from it."""
+    texts = pq.ParquetFile(path).read_row_group(row_group, columns=["text"]).column("text").to_pylist()
+    return [t for t in texts if t is not None]
 
 
 def tokenizing_distributed_data_loader_with_state(tokenizer, B, T, split, packing=DEFAULT_PACKING, device="cpu",
@@ -150,6 +153,29 @@ def tokenizing_distributed_data_loader_with_state(tokenizer, B, T, split, packin
         else:  # CPU (a no-op) or MPS
             inputs, targets = inputs.to(device), targets.to(device)
         yield inputs, targets, state
+
+
+def load_eval_batches(tokenizer, B, T, split, max_batches, packing=DEFAULT_PACKING, device="cpu"):
+    """Up to max_batches (inputs, targets) batches of this rank's share of `split`, tokenized once and
+    kept, so that every evaluation of a run scores the same tokens without re-reading the shards.
+    Each token is read at most once: when the split holds fewer batches than asked, the batches of
+    one pass are returned and a log line says so. Returns (batches, whether the split was cut short)."""
+    batches, short = [], False
+    for inputs, targets, state in tokenizing_distributed_data_loader_with_state(
+            tokenizer, B, T, split, packing=packing, device=device):
+        if state["epoch"] > 1:  # this batch reaches into a second pass over the split
+            short = True
+            break
+        batches.append((inputs, targets))
+        if len(batches) == max_batches:
+            break
+    if short:
+        setup_logging().info(f"the {split} split holds {len(batches)} batch(es) of {B} x {T} tokens on rank "
+                             f"{get_rank()}, fewer than the {max_batches} asked for: evaluating on those, each token once")
+    if not batches:
+        raise ValueError(f"the {split} split holds less than one batch of {B} x {T} tokens for rank {get_rank()}; "
+                         f"lower the batch size or the sequence length, or add data")
+    return batches, short
 
 
 def tokenizing_distributed_data_loader(*args, **kwargs):

@@ -191,15 +191,18 @@ def _adamw_foreach(params, grads, exp_avgs, exp_avg_sqs, steps, group):
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
 
 
-def zeropower_via_newtonschulz5(G, steps=5):
+def zeropower_via_newtonschulz5(G, steps=5, dtype=None):
     """Approximately orthogonalise a batch of matrices: G (B, R, C) -> ~U V^T of G's SVD, (B, R, C).
 
     Quintic Newton-Schulz: X <- a X + (b A + c A^2) X with A = X X^T, on the wide orientation (so A is
-    the small (m, m) Gram matrix, m = min(R, C)). bf16 on CUDA, float32 elsewhere; the caller casts back.
+    the small (m, m) Gram matrix, m = min(R, C)). dtype None: bf16 on CUDA, float32 elsewhere (a CPU
+    with fast bf16 matmuls passes torch.bfloat16); the caller casts back.
     """
     assert G.ndim == 3, f"expected a batch of matrices (B, R, C), got shape {tuple(G.shape)}"
     a, b, c = NS_COEFFS
-    X = G.bfloat16() if G.is_cuda else G.float()
+    if dtype is None:
+        dtype = torch.bfloat16 if G.is_cuda else torch.float32
+    X = G.to(dtype)
     tall = G.size(-2) > G.size(-1)
     if tall:
         X = X.mT
@@ -249,16 +252,20 @@ class Muon(torch.optim.Optimizer):
     The shape scale keeps the per-element update size comparable for tall matrices (the orthogonalised
     update of a (R, C) matrix with R > C has entries of size ~1/sqrt(R)).
     Every hyperparameter, momentum included, is read from the param group at each step, so the caller
-    can warm momentum up by assigning group["momentum"].
+    can warm momentum up by assigning group["momentum"]. ns_dtype: "auto" (bf16 on CUDA, fp32
+    elsewhere), "float32" or "bfloat16": the dtype of the Newton-Schulz matmuls.
     State: "momentum_buffer" for the matrices this rank owns.
     """
 
-    def __init__(self, params, lr=0.02, momentum=0.95, nesterov=True, ns_steps=5, weight_decay=0.0):
+    def __init__(self, params, lr=0.02, momentum=0.95, nesterov=True, ns_steps=5, weight_decay=0.0, ns_dtype="auto"):
+        if ns_dtype not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"Muon: ns_dtype must be 'auto', 'float32' or 'bfloat16', got {ns_dtype!r}")
         if lr < 0.0:
             raise ValueError(f"Muon: lr must be >= 0, got {lr}")
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"Muon: momentum must lie in [0, 1), got {momentum}")
-        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, weight_decay=weight_decay)
+        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, weight_decay=weight_decay,
+                        ns_dtype=ns_dtype)
         super().__init__(params, defaults)
         for group in self.param_groups:
             for p in group["params"]:
@@ -336,7 +343,9 @@ class Muon(torch.optim.Optimizer):
             updates = grads
         else:
             updates = torch.stack(bufs)
-        ortho = zeropower_via_newtonschulz5(updates, group["ns_steps"]).to(params[0].dtype)
+        ns_dtype = group.get("ns_dtype", "auto")
+        ortho = zeropower_via_newtonschulz5(updates, group["ns_steps"],
+                                            None if ns_dtype == "auto" else getattr(torch, ns_dtype)).to(params[0].dtype)
         rows, cols = params[0].shape
         scale = max(1.0, rows / cols) ** 0.5
         if wd != 0:

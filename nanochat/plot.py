@@ -15,7 +15,9 @@ from nanochat.common import atomic_write, iter_jsonl
 
 PANEL_W, PANEL_H, MARGIN = 420, 260, 48
 SERIES = [("smooth_loss", "train loss (smoothed, nats/token)", "#1f77b4"),
-          ("val_bpb", "validation bits per byte", "#d62728")]
+          ("val_bpb", "validation bits per byte", "#d62728"),
+          ("val_loss", "validation loss (nats/token)", "#d62728"),
+          ("reward", "mean reward of the samples", "#2ca02c")]
 
 
 def read_series(log_path):

@@ -24,51 +24,44 @@ steps see the same batches and give the same losses as an uninterrupted run. SIG
 instance) finishes the current step, saves a checkpoint and exits with status 0.
 
 The model is never wrapped in DDP: the optimizers (nanochat.optim) average gradients across ranks.
-On CUDA the forward runs under bf16 autocast and, by default, torch.compile; elsewhere in fp32.
+Compute dtype (--dtype auto): bf16 autocast on CUDA; on CPU bf16 only where this machine's bf16
+matmuls measure faster than fp32 (nanochat.common.pick_compute_dtype), else fp32; MFU is measured
+against the peak of the dtype used. torch.compile by default on CUDA only.
+
+Validation: --eval-tokens (default 20 optimizer steps' worth) are tokenized once at start-up and
+scored at every evaluation; an evaluation reads each validation token at most once, and says so
+when the split holds fewer tokens than asked.
 """
 
 import argparse
 import importlib.util
-import json
 import math
 import os
-import resource
-import signal
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import asdict
 
 import torch
-import torch.distributed as dist
 
-from nanochat.checkpoint_manager import latest_step, load_checkpoint, save_checkpoint
-from nanochat.common import DummyWandb, atomic_write, compute_cleanup, compute_init, get_base_dir, get_dist_info, print0
-from nanochat.dataloader import DEFAULT_PACKING, PACKINGS, tokenizing_distributed_data_loader, \
-    tokenizing_distributed_data_loader_with_state
+from nanochat.checkpoint_manager import CheckpointError, load_training_state, save_training_state
+from nanochat.common import COMPUTE_DTYPES, autocast_ctx, compute_cleanup, compute_init, get_base_dir, \
+    get_dist_info, get_peak_flops, pick_compute_dtype, print0
+from nanochat.dataloader import DEFAULT_PACKING, PACKINGS, load_eval_batches, tokenizing_distributed_data_loader_with_state
 from nanochat.dataset import split_files
 from nanochat.gpt import GPT, GPTConfig
-from nanochat.plot import plot_training_log
 from nanochat.loss_eval import evaluate_bpb
+from nanochat.runlog import ProgressMeter, RunLog, StopFlag, finish_run, save_results
+from nanochat.schedules import lr_multiplier, set_lr, set_momentum
 from nanochat.tokenizer import get_token_bytes, get_tokenizer
 
-# Dense bf16 tensor-core peak FLOP/s from the vendors' datasheets. Matched in order against
-# torch.cuda.get_device_name(), so the more specific names come first.
-GPU_BF16_PEAK_FLOPS = [
-    ("H200", 989e12),
-    ("H100 NVL", 835e12),
-    ("H100 PCIe", 756e12),
-    ("H100", 989e12),   # SXM
-    ("A100", 312e12),
-    ("L40S", 362e12),
-    ("RTX 4090", 165.2e12),
-]
 SAMPLE_PROMPTS = ["The capital of France is", "The chemical symbol of gold is", "The opposite of hot is",
                   "If yesterday was Friday, then tomorrow will be", "The planets of the solar system are:"]
 
 parser = argparse.ArgumentParser(description="Pretrain the base model.")
 # runtime
 parser.add_argument("--device-type", default="", help="cuda | mps | cpu (default: autodetect)")
+parser.add_argument("--dtype", default="auto", choices=COMPUTE_DTYPES,
+                    help="compute dtype: auto = bf16 on CUDA, and on CPU where bf16 matmuls measure faster than fp32")
 parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                     help="torch.compile the model (default: on CUDA only)")
 parser.add_argument("--run", default="dummy", help="wandb run name; 'dummy' (default) disables wandb")
@@ -98,7 +91,8 @@ parser.add_argument("--packing", choices=PACKINGS, default=DEFAULT_PACKING, help
 # evaluation
 parser.add_argument("--eval-every", type=int, default=250, help="evaluate val bpb every N steps (and at the end; -1: only at the end)")
 parser.add_argument("--eval-at-minutes", default="", help="also evaluate when training time passes these minutes, e.g. '2,5,10'")
-parser.add_argument("--eval-tokens", type=int, default=20 * 524288, help="val tokens per evaluation, all ranks together")
+parser.add_argument("--eval-tokens", type=int, default=-1,
+                    help="val tokens per evaluation, all ranks together, each read at most once (-1: 20 x --total-batch-size)")
 parser.add_argument("--sample-every", type=int, default=2000, help="print samples of fixed prompts every N steps (-1: off)")
 # output
 parser.add_argument("--model-tag", default="", help="run folder name under base_checkpoints (default: d<depth>)")
@@ -125,6 +119,8 @@ if not 0 <= args.warmup_ratio + args.warmdown_ratio <= 1 or min(args.warmup_rati
     parser.error("--warmup-ratio and --warmdown-ratio must be >= 0 and sum to at most 1")
 if args.num_iterations <= 0 and args.target_flops <= 0 and args.max_train_minutes <= 0 and args.target_param_data_ratio <= 0:
     parser.error("no horizon: set --num-iterations, --target-flops, --max-train-minutes or --target-param-data-ratio")
+if args.eval_tokens == 0 or args.eval_tokens < -1:
+    parser.error(f"--eval-tokens must be positive (or -1 for 20 x --total-batch-size), got {args.eval_tokens}")
 try:
     eval_at_minutes = sorted(float(m) for m in args.eval_at_minutes.split(",") if m.strip())
 except ValueError:
@@ -145,7 +141,8 @@ except (FileNotFoundError, ValueError) as e:
 compute = compute_init(args.device_type, seed=args.seed)
 device, device_type, master = compute.device, compute.device_type, compute.master
 use_compile = device_type == "cuda" if args.compile is None else args.compile
-autocast = torch.amp.autocast(device_type="cuda", dtype=torch.bfloat16) if device_type == "cuda" else nullcontext()
+dtype = pick_compute_dtype(device_type, args.dtype)
+autocast = autocast_ctx(device_type, dtype)
 token_bytes = token_bytes_cpu.to(device)
 
 n_embd = -(-args.depth * args.aspect_ratio // args.head_dim) * args.head_dim  # round up to whole heads
@@ -173,22 +170,8 @@ else:
     horizon = f"--target-param-data-ratio {args.target_param_data_ratio:g}"
 if num_iterations is not None and num_iterations < 1:
     sys.exit(f"base_train: error: the horizon ({horizon}) gives {num_iterations} steps; raise it")
-
-if device_type == "cuda":
-    gpu_name = torch.cuda.get_device_name(device)
-    peak_flops = next((flops for name, flops in GPU_BF16_PEAK_FLOPS if name in gpu_name), None)
-    peak_what = f"{gpu_name} bf16 peak" if peak_flops else f"{gpu_name}: not in the peak table, no MFU"
-elif device_type == "cpu":
-    # No datasheet for an arbitrary CPU: the best fp32 matmul rate of this process's threads.
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    peak_flops, t_end = 0.0, time.perf_counter() + 0.5
-    while time.perf_counter() < t_end:
-        t0 = time.perf_counter()
-        a @ b
-        peak_flops = max(peak_flops, 2 * 1024 ** 3 / (time.perf_counter() - t0))
-    peak_what = f"measured fp32 matmul rate of {torch.get_num_threads()} CPU thread(s)"
-else:
-    peak_flops, peak_what = None, f"{device_type}: no peak known, no MFU"
+peak_flops, peak_what = get_peak_flops(device, dtype)
+eval_tokens = 20 * args.total_batch_size if args.eval_tokens == -1 else args.eval_tokens
 
 model_tag = args.model_tag or f"d{args.depth}"
 run_dir = os.path.join(get_base_dir(), "base_checkpoints", model_tag)
@@ -206,35 +189,29 @@ if num_iterations is not None:
            f"({total_tokens / num_params:.2f} tokens/param), {flops_per_token * total_tokens:.4g} FLOPs")
 else:
     print0(f"horizon ({horizon})")
-print0(f"MFU against {peak_what}: {peak_flops or float('nan'):.4g} FLOP/s | compile {use_compile} | "
-       f"packing {args.packing} | run folder {run_dir}")
+print0(f"compute dtype {str(dtype).removeprefix('torch.')} | MFU against {peak_what}: {peak_flops or float('nan'):.4g} "
+       f"FLOP/s | compile {use_compile} | packing {args.packing} | run folder {run_dir}")
 
 optimizers = model.setup_optimizers(unembedding_lr=args.unembedding_lr, embedding_lr=args.embedding_lr,
                                     matrix_lr=args.matrix_lr, weight_decay=args.weight_decay)
 adamw, muon = optimizers
+if device_type == "cpu" and dtype == torch.bfloat16:
+    for group in muon.param_groups:  # Newton-Schulz in the dtype the matmuls are fast in
+        group["ns_dtype"] = "bfloat16"
 
 # -----------------------------------------------------------------------------
 # resume, loop state, data
 
+meter = ProgressMeter(args.total_batch_size, flops_per_token, peak_flops, world_size, num_iterations, time_budget_s)
 step, loader_state = 0, None
-loop = dict(smooth_loss=0.0, train_time=0.0, total_tokens=0, val_bpb=None, min_val_bpb=None, evals_done_at_min=[])
+loop = dict(val_bpb=None, min_val_bpb=None, evals_done_at_min=[])
 if args.resume:
     try:
-        start = latest_step(run_dir)
-        model_state, optim_states, meta = load_checkpoint(run_dir, start, device=device, load_optimizer=True, rank=rank)
-    except (FileNotFoundError, RuntimeError) as e:  # no run folder / no complete step / a corrupt file
+        step, loader_state, meta = load_training_state(run_dir, orig_model, optimizers, device, asdict(config))
+    except (FileNotFoundError, CheckpointError) as e:  # nothing to resume / another run / a corrupt file
         sys.exit(f"base_train: error: --resume: {e}")
-    if meta["model_config"] != asdict(config):
-        sys.exit(f"base_train: error: the checkpoint in {run_dir} has model config {meta['model_config']}, "
-                 f"but these flags give {asdict(config)}; resume with the run's own flags")
-    if len(meta["loader_states"]) != world_size:
-        sys.exit(f"base_train: error: the checkpoint was saved by {len(meta['loader_states'])} rank(s); "
-                 f"resume it with the same number of ranks (now {world_size})")
-    orig_model.load_state_dict(model_state)
-    for opt, state in zip(optimizers, optim_states):
-        opt.load_state_dict(state)
-    step, loader_state, loop = meta["step"], meta["loader_states"][rank], meta["loop_state"]
-    del model_state, optim_states
+    loop = meta["loop_state"]
+    meter.load_state_dict(loop.pop("meter"))
     print0(f"resumed from {run_dir} at step {step}")
 if use_compile:
     model = torch.compile(model, dynamic=False)
@@ -242,100 +219,51 @@ if use_compile:
 train_loader = tokenizing_distributed_data_loader_with_state(
     tokenizer, args.device_batch_size, args.max_seq_len, "train", packing=args.packing, device=device,
     resume_state=loader_state)
-eval_steps = max(1, args.eval_tokens // tokens_per_micro_step)
+try:
+    val_batches, _ = load_eval_batches(tokenizer, args.device_batch_size, args.max_seq_len, "val",
+                                       max(1, eval_tokens // tokens_per_micro_step), packing=args.packing, device=device)
+except ValueError as e:
+    sys.exit(f"base_train: error: {e}")
+print0(f"validation: {len(val_batches) * tokens_per_micro_step:,} tokens per evaluation (asked for {eval_tokens:,})")
 
-log_path = os.path.join(run_dir, "log.jsonl")
-if master:
-    os.makedirs(run_dir, exist_ok=True)
-    # Keep the records of the steps before `step`; a resumed run writes the later ones again.
-    kept = []
-    if args.resume and os.path.exists(log_path):
-        with open(log_path) as f:  # a line cut short by a crash has no newline: dropped
-            kept = [line for line in f if line.endswith("\n") and json.loads(line)["step"] < step]
-    with open(log_path, "w") as f:
-        f.writelines(kept)
-
-wandb_run = DummyWandb()
+wandb_run = None
 if args.run != "dummy" and master:
     import wandb
     wandb_run = wandb.init(project="nanochat", name=args.run, config=vars(args))
-
-
-def record(rec):
-    """Append one record to log.jsonl and wandb (rank 0)."""
-    if master:
-        with open(log_path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
-        wandb_run.log(rec)
-
-
-def lr_multiplier(progress):
-    """progress in [0, 1] -> linear warm-up to 1, flat, linear warm-down to --final-lr-frac."""
-    if progress < args.warmup_ratio:
-        return progress / args.warmup_ratio
-    if progress <= 1 - args.warmdown_ratio:
-        return 1.0
-    frac = (1 - progress) / args.warmdown_ratio
-    return frac + (1 - frac) * args.final_lr_frac
-
-
-def muon_momentum(step):
-    """Muon momentum warm-up 0.85 -> 0.95 over the first 300 steps."""
-    frac = min(step / 300, 1.0)
-    return (1 - frac) * 0.85 + frac * 0.95
-
-
-stop_requested = False
-
-
-def on_sigterm(signum, frame):
-    global stop_requested
-    stop_requested = True
-    print(f"rank {rank}: SIGTERM received; saving a checkpoint after this step", flush=True)
-
-
-signal.signal(signal.SIGTERM, on_sigterm)
+log = RunLog(run_dir, master, resume_step=step if args.resume else None, wandb_run=wandb_run)
+stop = StopFlag()
 
 
 def save(step):
-    # Each rank's loader is somewhere else in its own row groups: gather all of them into the meta.
-    states = [None] * world_size
-    if dist.is_initialized():
-        dist.all_gather_object(states, loader_state)
-    else:
-        states = [loader_state]
-    meta = dict(step=step, model_config=asdict(config), user_config=vars(args), loader_states=states,
-                loop_state=loop, world_size=world_size)
-    save_checkpoint(run_dir, step, orig_model.state_dict(), [opt.state_dict() for opt in optimizers], meta, rank=rank)
+    meta = dict(model_config=asdict(config), user_config=vars(args), loop_state=dict(loop, meter=meter.state_dict()))
+    save_training_state(run_dir, step, orig_model, optimizers, meta, loader_state)
     print0(f"saved checkpoint of step {step} to {run_dir}")
 
 
 # -----------------------------------------------------------------------------
 # the loop: step counts the optimizer steps done so far
 
-stopping, step_times = False, []
+stopping = False
 while True:
     if stopping:  # SIGTERM on some rank during the last step: every rank saves and leaves together
         save(step)
         print0(f"stopped on SIGTERM after step {step}; continue with the same flags plus --resume")
         break
     if time_budget_s is not None:
-        last_step = loop["train_time"] >= time_budget_s
+        last_step = meter.train_time >= time_budget_s
     else:
         last_step = step >= num_iterations
-    minutes = loop["train_time"] / 60
+    minutes = meter.train_time / 60
     due_by_time = [m for m in eval_at_minutes if minutes >= m and m not in loop["evals_done_at_min"]]
     if last_step or (args.eval_every > 0 and step % args.eval_every == 0) or due_by_time:
         t0 = time.perf_counter()
-        val_loader = tokenizing_distributed_data_loader(tokenizer, args.device_batch_size, args.max_seq_len, "val",
-                                                        packing=args.packing, device=device)
         with autocast:
-            loop["val_bpb"] = evaluate_bpb(model, val_loader, eval_steps, token_bytes)
+            loop["val_bpb"] = evaluate_bpb(model, val_batches, len(val_batches), token_bytes)
         loop["min_val_bpb"] = min(loop["min_val_bpb"] or math.inf, loop["val_bpb"])
         loop["evals_done_at_min"] += due_by_time
         print0(f"step {step:05d} | val bpb {loop['val_bpb']:.6f} | train time {minutes:.2f} min "
                f"| eval {time.perf_counter() - t0:.1f}s")
-        record(dict(step=step, val_bpb=loop["val_bpb"], train_time=loop["train_time"]))
+        log.record(dict(step=step, val_bpb=loop["val_bpb"], train_time=meter.train_time))
     if master and args.sample_every > 0 and (last_step or step % args.sample_every == 0) and step > 0:
         from nanochat.engine import Engine
         engine = Engine(orig_model, tokenizer)
@@ -358,70 +286,40 @@ while True:
             loss = model(inputs, targets)
         loss_sum += loss.detach()
         (loss / grad_accum_steps).backward()
-    if time_budget_s is not None:
-        last_dt = step_times[-1] if step_times else 0.0
-        progress = min((loop["train_time"] + last_dt) / time_budget_s, 1.0)
-    else:
-        progress = (step + 1) / num_iterations
-    lrm = lr_multiplier(progress)
-    for opt in optimizers:
-        for group in opt.param_groups:
-            group["lr"] = group["initial_lr"] * lrm
-    for group in muon.param_groups:
-        group["momentum"] = muon_momentum(step)
+    # the fraction of the horizon done before this step (nanochat/schedules.py)
+    progress = meter.train_time / time_budget_s if time_budget_s is not None else step / num_iterations
+    lrm = lr_multiplier(progress, args.warmup_ratio, args.warmdown_ratio, args.final_lr_frac)
+    set_lr(optimizers, lrm)
+    set_momentum(muon, step)
     for opt in optimizers:
         opt.step()
     model.zero_grad(set_to_none=True)
-    # The logged loss is the mean over micro-steps and ranks; the same all-reduce agrees on SIGTERM.
-    stats = torch.stack([loss_sum / grad_accum_steps, torch.tensor(float(stop_requested), device=device)])
-    if dist.is_initialized():
-        dist.all_reduce(stats, op=dist.ReduceOp.SUM)
-    train_loss, stopping = stats[0].item() / world_size, stats[1].item() > 0
+    # the logged loss is the mean over micro-steps and ranks; the same all-reduce agrees on SIGTERM
+    train_loss, stopping = stop.reduce(loss_sum / grad_accum_steps, device)
     if device_type == "cuda":
         torch.cuda.synchronize()
-    dt = time.perf_counter() - t0
-    step_times.append(dt)
-    loop["train_time"] += dt
-    loop["total_tokens"] += args.total_batch_size
-
-    beta = 0.9  # EMA of the loss, debiased for the first steps
-    loop["smooth_loss"] = beta * loop["smooth_loss"] + (1 - beta) * train_loss
-    smooth = loop["smooth_loss"] / (1 - beta ** (step + 1))
-    tok_per_s = args.total_batch_size / dt
-    mfu = flops_per_token * tok_per_s / (peak_flops * world_size) if peak_flops else None
-    if device_type == "cuda":
-        mem_gib = torch.cuda.max_memory_allocated(device) / 2 ** 30
-    else:
-        mem_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # peak RSS (KiB on Linux)
-    typical_dt = sorted(step_times)[len(step_times) // 2]
-    if time_budget_s is not None:
-        eta_s, of = time_budget_s - loop["train_time"], f"{loop['train_time'] / 60:.2f}/{args.max_train_minutes:g} min"
-    else:
-        eta_s, of = (num_iterations - step - 1) * typical_dt, f"{step + 1}/{num_iterations} ({100 * (step + 1) / num_iterations:.1f}%)"
-    mfu_str = f"{100 * mfu:.1f}%" if mfu is not None else "n/a"
-    print0(f"step {step:05d} {of} | loss {smooth:.6f} | lrm {lrm:.3f} | dt {1000 * dt:.0f} ms | tok/s {tok_per_s:,.0f} "
-           f"| mfu {mfu_str} | mem {mem_gib:.2f} GiB | eta {max(eta_s, 0) / 60:.1f} min", flush=True)
-    record(dict(step=step, loss=train_loss, smooth_loss=smooth, lrm=lrm, dt=dt, tok_per_s=tok_per_s, mfu=mfu,
-                train_time=loop["train_time"]))
+    line, rec = meter.update(step, train_loss, time.perf_counter() - t0, lrm=lrm, device=device)
+    print0(line, flush=True)
+    log.record(rec)
     step += 1
 
 # -----------------------------------------------------------------------------
 # summary
 
-total_flops = flops_per_token * loop["total_tokens"]
-train_time = loop["train_time"]
-summary = dict(step=step, final_val_bpb=loop["val_bpb"], min_val_bpb=loop["min_val_bpb"], training_time_s=train_time,
-               total_tokens=loop["total_tokens"], total_flops=total_flops,
-               tok_per_s=loop["total_tokens"] / train_time if train_time else None,
-               mfu=total_flops / (train_time * peak_flops * world_size) if peak_flops and train_time else None,
-               peak_flops_per_device=peak_flops, stopped_on_sigterm=stopping)
+summary = dict(step=step, final_val_bpb=loop["val_bpb"], min_val_bpb=loop["min_val_bpb"], **meter.summary(),
+               compute_dtype=str(dtype).removeprefix("torch."), stopped_on_sigterm=stopping)
 if master and not stopping:
     mfu_str = f"{100 * summary['mfu']:.2f}%" if summary["mfu"] is not None else "n/a"
     print0(f"final val bpb {summary['final_val_bpb']:.6f} | min val bpb {summary['min_val_bpb']:.6f} | "
-           f"training time {train_time / 60:.2f} min (evaluation excluded) | total FLOPs {total_flops:.4g} | "
-           f"MFU {mfu_str}")
-    atomic_write(os.path.join(run_dir, "summary.json"), lambda f: json.dump(summary, f, indent=2))
-    if plot_training_log(log_path, os.path.join(run_dir, "loss.svg")):
-        print0(f"loss curves: {os.path.join(run_dir, 'loss.svg')}")
-wandb_run.finish()
+           f"training time {summary['training_time_s'] / 60:.2f} min (evaluation excluded) | "
+           f"total FLOPs {summary['total_flops']:.4g} | MFU {mfu_str}")
+    artifacts = finish_run(run_dir, summary, master)
+    save_results("base_train", name=f"base_train_{model_tag}", model_tag=model_tag, step=step, config=vars(args),
+                 metrics=dict(val_bpb=summary["final_val_bpb"], min_val_bpb=summary["min_val_bpb"],
+                              num_params=num_params, tokens=summary["total_tokens"], mfu=summary["mfu"],
+                              tok_per_s=summary["tok_per_s"], training_time_s=summary["training_time_s"],
+                              compute_dtype=summary["compute_dtype"]),
+                 artifacts=artifacts)
+if wandb_run is not None:
+    wandb_run.finish()
 compute_cleanup()

@@ -6,7 +6,7 @@ Benchmark the GPT against Hugging Face transformers' LlamaForCausalLM on this CP
    (Muon + AdamW from nanochat.optim); Llama (same depth, width, heads, vocab; SwiGLU MLP of
    intermediate size 8/3*width rounded up to a multiple of 64, i.e. the same MLP parameter count;
    untied embeddings) uses torch.optim.AdamW. The two runs are interleaved and medians reported.
-   MFU = estimate_flops() * tokens/s / (fp32 matmul rate measured here on a large square matmul);
+   MFU = estimate_flops() * tokens/s / (fp32 matmul rate measured here, nanochat.common.measure_matmul_flops);
    Llama's FLOPs per token come from the same formula on its own parameters:
    6 * (params - embedding) + 12 * layers * heads * head_dim * seq_len.
 2. Decode throughput: 256 new tokens after a 32-token prompt, batch 1 and 8 samples, greedy, the
@@ -29,6 +29,7 @@ import time
 
 import torch
 
+from nanochat.common import measure_matmul_flops
 from nanochat.engine import Engine
 from nanochat.gpt import GPT, GPTConfig
 
@@ -62,19 +63,6 @@ samples = [int(s) for s in args.samples.split(",") if s]
 torch.set_num_threads(args.threads)
 torch.manual_seed(0)
 print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, args: {vars(args)}")
-
-
-def matmul_flops_per_s(n=2048, reps=10):
-    """fp32 matmul rate of this machine: the median over reps of one n x n x n matmul."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(2):
-        a @ b
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t0)
-    return 2 * n ** 3 / statistics.median(times)
 
 
 def attention_flops(n_layer, n_head, head_dim, seq_len):
@@ -253,12 +241,12 @@ def bench_decode(depth):
 
 summary = {}
 if not args.skip_train:
-    peak_before = matmul_flops_per_s()
+    peak_before = measure_matmul_flops(torch.float32)
     train = {depth: bench_train(depth) for depth in depths}
-    peak_after = matmul_flops_per_s()
+    peak_after = measure_matmul_flops(torch.float32)
     # other processes share this machine: take the better of the two rates (the lower, safer MFU)
     peak = max(peak_before, peak_after)
-    print(f"\nfp32 matmul rate (2048^3, {args.threads} threads, median of 10): {peak_before / 1e9:.1f} GFLOP/s "
+    print(f"\nfp32 matmul rate (nanochat.common.measure_matmul_flops, {args.threads} threads): {peak_before / 1e9:.1f} GFLOP/s "
           f"before the runs, {peak_after / 1e9:.1f} after; MFU uses {peak / 1e9:.1f}")
     for res in train.values():
         for r in res.values():

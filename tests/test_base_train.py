@@ -95,6 +95,11 @@ def read_log(env, tag):
     return losses, bpbs
 
 
+def read_lrms(env, tag):
+    with open(os.path.join(env["NANOCHAT_BASE_DIR"], "base_checkpoints", tag, "log.jsonl")) as f:
+        return {r["step"]: r["lrm"] for r in map(json.loads, f) if "lrm" in r}
+
+
 # -----------------------------------------------------------------------------
 # bits per byte
 
@@ -156,6 +161,10 @@ def test_tiny_model_learns_and_base_loss_agrees(env):
         summary = json.load(f)
     assert summary["final_val_bpb"] == bpbs[40] and summary["min_val_bpb"] == min(bpbs.values())
     assert summary["total_flops"] > 0 and summary["mfu"] > 0
+    # the schedule runs step s at progress s / 40: the warm-down (last 20%) starts at 1.0 on step 32 and
+    # the last step still trains at 1/8 of the peak (it ran at 0, a wasted step, when evaluated at (s + 1) / n)
+    lrms = read_lrms(env, "learn")
+    assert lrms[31] == lrms[32] == 1.0 and lrms[33] == pytest.approx(0.875) and lrms[39] == pytest.approx(0.125)
     # base_loss on the final checkpoint evaluates the same val rows: the same bpb
     out = subprocess.run([sys.executable, "-m", "scripts.base_loss", "--model-tag=learn", f"--device-batch-size={B}",
                           f"--split-tokens={2 * B * T}", "--max-tokens=4"],
@@ -178,6 +187,15 @@ def test_torchrun_two_ranks_match_one_process(env):
     for s in single_bpb:
         assert ddp_bpb[s] == pytest.approx(single_bpb[s], rel=1e-5)
     assert single[5] < single[0]  # it trained at all
+
+
+def test_evaluation_reads_each_val_token_at_most_once(env):
+    # the val shard holds 2 row groups = 2 micro-batches; asking for far more evaluates those 2, once each
+    out = run_train(env, "--num-iterations=2", "--eval-every=1", "--eval-tokens=1000000", "--model-tag=evalonce")
+    assert "fewer than the" in out.stdout + out.stderr
+    assert f"validation: {2 * B * T:,} tokens per evaluation" in out.stdout
+    assert "starting epoch 2" in out.stdout + out.stderr  # the one-pass read stopped at the split's end ...
+    assert (out.stdout + out.stderr).count("starting epoch 2") == 1  # ... once, not at every evaluation
 
 
 RESUME_FLAGS = ["--num-iterations=150", "--save-every=10", "--eval-every=50"]

@@ -38,7 +38,7 @@ def chat_setup(tmp_path_factory, tiny_tokenizer):
     with torch.no_grad():  # random (not zero) output projections, so the letters' logits differ
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    save_checkpoint(str(base / "chatsft_checkpoints" / "d2"), 10, model.state_dict(), None,
+    save_checkpoint(str(base / "chat_checkpoints" / "d2"), 10, model.state_dict(), None,
                     {"model_config": config.__dict__, "step": 10})
     arc = [{"id": f"q{i}", "question": f"Which number is {i}?",
             "choices": {"text": ["one", "two", "three", "four"], "label": ["A", "B", "C", "D"]},

@@ -235,7 +235,7 @@ def test_load_model_end_to_end(tmp_path, monkeypatch, tiny_tokenizer):
 
     with pytest.raises(FileNotFoundError, match=r"'d7'.*d10.*d2"):
         load_model("base", "cpu", "eval", model_tag="d7")
-    with pytest.raises(FileNotFoundError, match="chatsft_checkpoints"):
+    with pytest.raises(FileNotFoundError, match="chat_checkpoints"):
         load_model("sft", "cpu", "eval")
     with pytest.raises(ValueError, match="base"):
         load_model("pretrain", "cpu", "eval")

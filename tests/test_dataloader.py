@@ -201,3 +201,24 @@ def test_resume_with_another_world_size_is_refused(corpus, tiny_tokenizer, monke
 def test_bad_packing_is_refused(corpus, tiny_tokenizer):
     with pytest.raises(ValueError, match="packing"):
         next(tokenizing_distributed_data_loader_with_state(tiny_tokenizer, 1, 8, "train", packing="zip"))
+
+
+def test_null_texts_are_skipped_as_tok_train_skips_them(tmp_path, tiny_tokenizer, monkeypatch):
+    # a null in the text column: the loader skips it (it used to raise in encode); tok_train skips it too
+    texts = ["alpha beta gamma", None, "delta river stone", None, "light cloud green quick"]
+    write_shards(tmp_path / "data" / "pretrain", [[texts], [["model token seven twelve"]]])
+    monkeypatch.setenv("NANOCHAT_DATA_DIR", str(tmp_path / "data"))
+    loader = tokenizing_distributed_data_loader_with_state(tiny_tokenizer, 1, 4, "train", packing="concat")
+    rows = take_rows(loader, 2)
+    stream = [t for doc in encode_docs(tiny_tokenizer, [t for t in texts if t is not None]) for t in doc]
+    assert [row for row, _ in rows] == [stream[i:i + 5] for i in range(0, 10, 5)]
+
+
+def test_eval_batches_read_each_token_once(corpus, tiny_tokenizer):
+    # the val shard (one row group of 6 short documents) holds fewer batches than asked: one pass only
+    batches, short = dataloader.load_eval_batches(tiny_tokenizer, 1, 8, "val", 1000, packing="concat")
+    assert short and 0 < len(batches) < 1000
+    again, _ = dataloader.load_eval_batches(tiny_tokenizer, 1, 8, "val", len(batches), packing="concat")
+    assert [torch.equal(a[0], b[0]) for a, b in zip(batches, again)] == [True] * len(batches)
+    with pytest.raises(ValueError, match="less than one batch"):
+        dataloader.load_eval_batches(tiny_tokenizer, 64, 512, "val", 10, packing="concat")
