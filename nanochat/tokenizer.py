@@ -454,13 +454,7 @@ class Tokenizer:
             assert hf.token_to_id(name) == i, f"HF gave {name} id {hf.token_to_id(name)}, expected {i}"
         parent = os.path.dirname(os.path.abspath(path))
         os.makedirs(parent, exist_ok=True)
-        tmp = f"{path}.tmp.{os.getpid()}"
-        try:
-            hf.save(tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        atomic_write(path, lambda f: f.write(hf.to_str()))
         return path
 
 
