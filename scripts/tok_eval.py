@@ -20,6 +20,7 @@ import threading
 
 from nanochat.common import get_base_dir
 from nanochat.dataset import parquets_iter_batched
+from nanochat.runlog import save_results
 from nanochat.tokenizer import Tokenizer
 
 REFERENCES = [("gpt2", "gpt2"), ("gpt4", "cl100k_base")]  # (column name, tiktoken encoding)
@@ -173,12 +174,16 @@ def main():
     missing = [f"{col} ({enc})" for col, enc in REFERENCES if col not in encoders]
     if missing:
         print(f"not compared (could not be loaded, see above): {', '.join(missing)}")
-    print(json.dumps({
+    result = {
         "vocab_size": ours.get_vocab_size(),
         "bytes_per_token": {kind: {name: round(num_bytes / n, 4) for name, n in counts.items()}
                             for kind, num_bytes, counts in rows},
         "not_loaded": missing,
-    }))
+    }
+    save_results("tok_eval", config=vars(args),
+                 metrics={f"{kind} bytes/token": bpt["ours"] for kind, bpt in result["bytes_per_token"].items()},
+                 extra=result)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import torch
 
 from nanochat.common import get_base_dir
 from nanochat.dataset import parquets_iter_batched, split_files
+from nanochat.runlog import save_results
 from nanochat.tokenizer import SPECIAL_TOKENS, TOKEN_BYTES_FILE, Tokenizer
 
 MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)  # the byte tokens and the special tokens must fit
@@ -125,6 +126,9 @@ def main():
           f"mean {ordinary.mean():.2f}, std {ordinary.std():.2f} (over the {ordinary.numel():,} non-special tokens)")
     print(f"  special tokens      {int((token_bytes == 0).sum())} with 0 bytes")
     print(f"  sample              {len(sample.encode('utf-8'))} bytes -> {len(ids)} tokens, round-trip ok")
+    save_results("tok_train", config=vars(args), metrics=dict(
+        vocab_size=tokenizer.get_vocab_size(), documents=stream.docs, characters=stream.chars,
+        train_time_s=round(train_time, 2), mean_token_bytes=round(float(ordinary.mean()), 3)))
 
 
 if __name__ == "__main__":
