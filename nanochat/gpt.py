@@ -79,11 +79,23 @@ def apply_rotary_emb(x, cos, sin):
     return torch.cat([y1, y2], dim=-1)
 
 
+def apply_rotary_emb_full(x, cos_full, sin_signed):
+    """apply_rotary_emb with full-width tables, in three ops (inference, where per-op overhead
+    dominates): cos_full = [cos, cos], sin_signed = [sin, -sin], both (..., D); roll by D/2
+    swaps the halves, so y = [x1 cos + x2 sin, x2 cos - x1 sin] as in apply_rotary_emb."""
+    if cos_full.dtype != x.dtype:
+        cos_full, sin_signed = cos_full.to(x.dtype), sin_signed.to(x.dtype)
+    return torch.addcmul(x * cos_full, x.roll(x.size(-1) // 2, dims=-1), sin_signed)
+
+
 def softcap_cross_entropy_reference(x, weight, targets, reduction="mean"):
     """The head and loss in plain ops: soft-capped fp32 logits, then F.cross_entropy (ignore -1).
     x: (N, C), weight: (V, C), targets: (N,). Used on CUDA/MPS, where torch.compile fuses it."""
     logits = F.linear(x, weight).float()
     logits = SOFTCAP * torch.tanh(logits / SOFTCAP)
+    if reduction == "mean":  # sum / n_valid with n_valid >= 1: a batch with every target -1 has loss 0, not NaN
+        n_valid = (targets != -1).sum().clamp(min=1)
+        return F.cross_entropy(logits, targets, ignore_index=-1, reduction="sum") / n_valid
     return F.cross_entropy(logits, targets, ignore_index=-1, reduction=reduction)
 
 
@@ -117,37 +129,10 @@ class SoftcapCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, targets, reduction):
-        N, V = x.size(0), weight.size(0)
-        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        zT = weight @ x.t()  # (V, N) logits, transposed
-        rows = max(1, SWEEP_BLOCK_ELEMENTS // N)
-        scratch = torch.empty(rows, N, dtype=zT.dtype, device=zT.device)
-        sum_exp = torch.zeros(N, dtype=zT.dtype, device=zT.device)
-        for r0 in range(0, V, rows):
-            zb = zT[r0:r0 + rows]
-            e = scratch[:zb.size(0)]
-            zb.mul_(2.0 / SOFTCAP).sigmoid_()  # zb = g
-            sum_exp += torch.mul(zb, 2.0 * SOFTCAP, out=e).exp_().sum(dim=0)
-        valid = targets != -1
-        safe_targets = targets.clamp(min=0).unsqueeze(0)  # (1, N)
-        g_target = zT.gather(0, safe_targets).squeeze(0)  # (N,)
-        losses = (sum_exp.log() - 2.0 * SOFTCAP * g_target).masked_fill_(~valid, 0.0)
-        if need_grad:
-            scale = 4.0 / sum_exp
-            for r0 in range(0, V, rows):
-                zb = zT[r0:r0 + rows]
-                e = scratch[:zb.size(0)]
-                torch.mul(zb, 2.0 * SOFTCAP, out=e).exp_().mul_(scale)  # e = 4 * softmax
-                torch.addcmul(zb, zb, zb, value=-1.0, out=zb).mul_(e)   # zb = 4 p g (1 - g)
-            zT.scatter_add_(0, safe_targets, (-4.0 * g_target * (1.0 - g_target)).unsqueeze(0))  # - onehot * 4g(1-g)
-        n_valid = valid.sum()
+        losses, dzT, valid, n_valid = _fused_softcap_cross_entropy(x, weight, targets, need_grad=True)
         ctx.reduction = reduction
-        ctx.save_for_backward(x, weight, zT if need_grad else None, valid, n_valid)
-        if reduction == "mean":
-            return losses.sum() / n_valid
-        if reduction == "sum":
-            return losses.sum()
-        return losses
+        ctx.save_for_backward(x, weight, dzT, valid, n_valid)
+        return _reduce(losses, n_valid, reduction)
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -158,6 +143,56 @@ class SoftcapCrossEntropy(torch.autograd.Function):
         grad_x = (dzT.t() @ weight).mul_(scale) if ctx.needs_input_grad[0] else None  # (N, C)
         grad_w = dzT @ (x * scale) if ctx.needs_input_grad[1] else None               # (V, C)
         return grad_x, grad_w, None, None
+
+
+def _fused_softcap_cross_entropy(x, weight, targets, need_grad):
+    """The sweeps of SoftcapCrossEntropy. Returns (losses (N,), dzT (V, N) or None, valid (N,) bool,
+    n_valid): n_valid is clamped to 1, so a batch whose targets are all -1 has loss 0 and zero
+    gradients (0 / 0 would be NaN, and 0 * (1 / 0) in the backward wrote NaN into every upstream
+    gradient; F.cross_entropy gives zero gradients there too)."""
+    N, V = x.size(0), weight.size(0)
+    zT = weight @ x.t()  # (V, N) logits, transposed
+    rows = min(V, max(1, SWEEP_BLOCK_ELEMENTS // N))  # the scratch block is never larger than the logits
+    scratch = torch.empty(rows, N, dtype=zT.dtype, device=zT.device)
+    sum_exp = torch.zeros(N, dtype=zT.dtype, device=zT.device)
+    for r0 in range(0, V, rows):
+        zb = zT[r0:r0 + rows]
+        e = scratch[:zb.size(0)]
+        zb.mul_(2.0 / SOFTCAP).sigmoid_()  # zb = g
+        sum_exp += torch.mul(zb, 2.0 * SOFTCAP, out=e).exp_().sum(dim=0)
+    valid = targets != -1
+    safe_targets = targets.clamp(min=0).unsqueeze(0)  # (1, N)
+    g_target = zT.gather(0, safe_targets).squeeze(0)  # (N,)
+    losses = (sum_exp.log() - 2.0 * SOFTCAP * g_target).masked_fill_(~valid, 0.0)
+    if need_grad:
+        scale = 4.0 / sum_exp
+        for r0 in range(0, V, rows):
+            zb = zT[r0:r0 + rows]
+            e = scratch[:zb.size(0)]
+            torch.mul(zb, 2.0 * SOFTCAP, out=e).exp_().mul_(scale)  # e = 4 * softmax
+            torch.addcmul(zb, zb, zb, value=-1.0, out=zb).mul_(e)   # zb = 4 p g (1 - g)
+        zT.scatter_add_(0, safe_targets, (-4.0 * g_target * (1.0 - g_target)).unsqueeze(0))  # - onehot * 4g(1-g)
+    n_valid = valid.sum().clamp_(min=1)
+    return losses, (zT if need_grad else None), valid, n_valid
+
+
+def _reduce(losses, n_valid, reduction):
+    if reduction == "mean":
+        return losses.sum() / n_valid
+    if reduction == "sum":
+        return losses.sum()
+    return losses
+
+
+def fused_softcap_cross_entropy(x, weight, targets, reduction="mean"):
+    """SoftcapCrossEntropy when autograd records, else the loss alone: the gradient sweep (and its
+    (V, N) buffer) is skipped under torch.no_grad / inference_mode, as in evaluation. (Inside
+    Function.forward grad mode is always off and ctx.needs_input_grad only says whether the inputs
+    require grad, so the check has to happen here, before apply.)"""
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return SoftcapCrossEntropy.apply(x, weight, targets, reduction)
+    losses, _, _, n_valid = _fused_softcap_cross_entropy(x, weight, targets, need_grad=False)
+    return _reduce(losses, n_valid, reduction)
 
 
 class CausalSelfAttention(nn.Module):
@@ -176,42 +211,68 @@ class CausalSelfAttention(nn.Module):
         self.c_v = nn.Linear(self.n_embd, self.n_kv_head * self.head_dim, bias=False)
         self.c_proj = nn.Linear(self.n_embd, self.n_embd, bias=False)
 
+    def _fused_qkv_weight(self):
+        """The q, k, v weights concatenated, ((H + 2 Hkv) D, C), cached for inference and rebuilt
+        when any of them changes in place; the parameters and state_dict keys stay as they are."""
+        ws = (self.c_q.weight, self.c_k.weight, self.c_v.weight)
+        key = tuple((w.data_ptr(), w._version) for w in ws)
+        if getattr(self, "_qkv_key", None) != key:
+            self._qkv_weight, self._qkv_key = torch.cat([w.detach() for w in ws], dim=0), key
+        return self._qkv_weight
+
     def forward(self, x, cos, sin, kv_cache):
         B, T, C = x.shape
         H, Hkv, D = self.n_head, self.n_kv_head, self.head_dim
-        q = self.c_q(x).view(B, T, H, D)
-        k = self.c_k(x).view(B, T, Hkv, D)
-        v = self.c_v(x).view(B, T, Hkv, D)
-        q = norm(apply_rotary_emb(q, cos, sin))
-        k = norm(apply_rotary_emb(k, cos, sin))
+        if torch.is_grad_enabled():
+            # training: three projections; cos, sin are the half-width tables (see GPT._trunk)
+            q = norm(apply_rotary_emb(self.c_q(x).view(B, T, H, D), cos, sin))
+            k = norm(apply_rotary_emb(self.c_k(x).view(B, T, Hkv, D), cos, sin))
+            v = self.c_v(x).view(B, T, Hkv, D)
+        else:
+            # inference, where the many small ops of a decode step cost more than their FLOPs: one
+            # projection, then the rotation and the norm of the q and k heads together; cos, sin
+            # are the full-width tables of apply_rotary_emb_full
+            qkv = F.linear(x, self._fused_qkv_weight()).view(B, T, H + 2 * Hkv, D)
+            qk = norm(apply_rotary_emb_full(qkv[:, :, :H + Hkv], cos, sin))  # (B, T, H + Hkv, D)
+            q, k, v = qk[:, :, :H], qk[:, :, H:], qkv[:, :, H + Hkv:]
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, T, H, D) -> (B, H, T, D)
 
         if kv_cache is None:
             # training / full recompute: plain causal attention over the T tokens
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=Hkv != H)
         else:
-            # append this step's keys/values; attend over everything cached so far
-            pos = kv_cache.get_pos()  # absolute position of the first of the T new tokens
-            k, v = kv_cache.insert_kv(self.layer_idx, k, v)  # (B, Hkv, pos + T, D)
+            # write this pass's keys/values at each row's own positions; read keys [0, Tk) of every
+            # row, Tk = the longest row after the write. blocked: None when every row starts at the
+            # same position, else (B, 1, T, Tk) bool, True where query i of row b must not look
+            # (key j > start_b + i: the future, or positions that row has not filled)
+            k, v = kv_cache.insert_kv(self.layer_idx, k, v)  # (B, Hkv, Tk, D)
+            pos, blocked = kv_cache.pass_start, kv_cache.pass_blocked
             Tk = k.size(2)
-            if pos == 0:
+            if blocked is None and pos == 0:
                 # prefill from empty: the ordinary causal mask
                 y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=Hkv != H)
-            elif T == 1:
-                # one new token sees every cached key. Two small batched matmuls beat the fused
-                # SDPA kernel here (its per-call set-up dominates at one query; depth 4, batch 8
-                # decode on CPU: 24 vs 25 ms/step on 1 thread, 84-88 vs 207-225 ms on 2 threads
-                # of a loaded machine). GQA: fold the query heads of each group into the rows,
-                # (B, H, 1, D) -> (B, Hkv, H/Hkv, D), so the kv heads are used without repeating;
-                # query head h belongs to kv head h // (H/Hkv), as in SDPA's enable_gqa
-                qg = q.view(B, Hkv, H // Hkv, D)
-                att = torch.matmul(qg, k.transpose(-2, -1)).mul_(D ** -0.5).softmax(dim=-1)  # (B, Hkv, H/Hkv, Tk)
-                y = torch.matmul(att, v).view(B, H, 1, D)
+            elif T == 1 or blocked is not None:
+                # explicit scores: two small batched matmuls. At one query per row they beat the
+                # fused SDPA kernel (its per-call set-up dominates; depth 4, batch 8 decode on CPU:
+                # 24 vs 25 ms/step on 1 thread, 84-88 vs 207-225 ms on 2 threads of a loaded
+                # machine), and with rows at different positions the mask is applied by
+                # masked_fill, which also replaces whatever the blocked scores were: a blocked
+                # position contributes exactly 0 (exp(-inf) = 0, times a finite value).
+                # GQA: fold the query heads of each group into the rows, (B, H, T, D) ->
+                # (B, Hkv, H/Hkv * T, D), so the kv heads are used without repeating; query head h
+                # belongs to kv head h // (H/Hkv), as in SDPA's enable_gqa
+                G = H // Hkv
+                qg = q.reshape(B, Hkv, G * T, D)
+                att = torch.matmul(qg, k.transpose(-2, -1)).mul_(D ** -0.5)  # (B, Hkv, G*T, Tk)
+                if blocked is not None:  # (B, 1, T, Tk) -> (B, 1, G*T, Tk), query heads major
+                    att.masked_fill_(blocked.expand(B, G, T, Tk).reshape(B, 1, G * T, Tk), float("-inf"))
+                y = torch.matmul(att.softmax(dim=-1), v).view(B, H, T, D)
             else:
-                # a chunk of T tokens after a non-empty prefix: query i (at pos + i) sees keys <= pos + i
-                # (SDPA's is_causal aligns the mask top-left, which would be wrong here)
-                mask = torch.ones(T, Tk, dtype=torch.bool, device=q.device).tril(diagonal=pos)
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=Hkv != H)
+                # a chunk of T tokens after a non-empty prefix, every row at the same start: query
+                # i (at start + i) sees keys <= start + i (SDPA's is_causal aligns the mask
+                # top-left, which would be wrong here)
+                allowed = torch.ones(T, Tk, dtype=torch.bool, device=q.device).tril(diagonal=pos)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, enable_gqa=Hkv != H)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, H, T, D) -> (B, T, C)
         return self.c_proj(y)
 
@@ -223,7 +284,9 @@ class MLP(nn.Module):
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=False)
 
     def forward(self, x):
-        return self.c_proj(F.relu(self.c_fc(x)).square())
+        if torch.is_grad_enabled():
+            return self.c_proj(F.relu(self.c_fc(x)).square())
+        return self.c_proj(torch.relu_(self.c_fc(x)).square_())  # inference: in place, no temporaries
 
 
 class Block(nn.Module):
@@ -353,24 +416,77 @@ class GPT(nn.Module):
             self._head_t, self._head_t_key = W.detach().t().contiguous(), key  # (C, V)
         return (x.view(1, C) @ self._head_t).view(1, 1, -1)
 
+    def hidden_states(self, idx, kv_cache=None):
+        """(B, T) token ids -> the final normalised hidden states (B, T, C), no head: for scorers
+        that need the logits at a few positions only (apply `logits_from_hidden` to those).
+        With a KVCache, its B rows are extended by the T tokens, as in forward."""
+        return self._trunk(idx, kv_cache)
+
+    def logits_from_hidden(self, x):
+        """(..., C) hidden states -> soft-capped fp32 logits (..., V), as forward(idx) computes them."""
+        logits = self.lm_head(x).float()
+        return SOFTCAP * torch.tanh(logits / SOFTCAP)
+
+    def _rotary(self, T, kv_cache):
+        """cos, sin for T new tokens: (1, T, 1, D/2) slices when every row starts at the same
+        position (always without a cache), else gathered per row, (B, T, 1, D/2)."""
+        start, end, positions = (0, T, None) if kv_cache is None else \
+            (kv_cache.pass_start, kv_cache.pass_end, kv_cache.pass_positions)
+        assert end <= self.cos.size(1), f"position {end} is past the rotary tables ({self.cos.size(1)} positions)"
+        if positions is None:
+            return self.cos[:, start:start + T], self.sin[:, start:start + T]
+        return self.cos[0, :, 0][positions].unsqueeze(2), self.sin[0, :, 0][positions].unsqueeze(2)
+
+    def _trunk(self, idx, kv_cache):
+        """(B, T) ids -> the final normalised hidden states (B, T, C); with a KVCache, the cache's B
+        rows are extended by the T tokens (row b's tokens at positions lengths[b] ...)."""
+        B, T = idx.shape
+        if kv_cache is not None:
+            kv_cache.begin_pass(T, idx.device)
+        cos, sin = self._rotary(T, kv_cache)
+        if not torch.is_grad_enabled():  # the attention's inference path takes full-width tables
+            cos, sin = torch.cat([cos, cos], dim=-1), torch.cat([sin, -sin], dim=-1)
+        x = norm(self.transformer.wte(idx))  # (B, T, C)
+        for block in self.transformer.h:
+            x = block(x, cos, sin, kv_cache)
+        return norm(x)
+
+    @torch.no_grad()
+    def forward_last(self, idx, kv_cache, num_tokens=None):
+        """Inference through a KVCache whose rows are at their own positions: the engine's step.
+
+        idx: (B, T) new tokens per row; num_tokens: None (every token is real) or a list of B
+        counts, row b's first num_tokens[b] tokens real and the rest padding (any id; a padded
+        batch of prompts of different lengths, prefilled from an empty cache). The padding's
+        keys/values are written after the real ones, where nothing attends until they are
+        overwritten; each row's length then grows by its real count only.
+        Returns the soft-capped fp32 logits at each row's last real token, (B, V): the head runs
+        on B positions, not B * T.
+        """
+        B, T = idx.shape
+        x = self._trunk(idx, kv_cache)  # (B, T, C)
+        if num_tokens is None:
+            x = x[:, -1:]  # (B, 1, C)
+        else:
+            assert len(num_tokens) == B and all(1 <= n <= T for n in num_tokens), \
+                f"num_tokens must be B={B} counts in [1, {T}], got {num_tokens}"
+            last = torch.tensor(num_tokens, device=idx.device) - 1
+            x = x[torch.arange(B, device=idx.device), last].unsqueeze(1)  # (B, 1, C)
+            kv_cache.lengths -= T - torch.tensor(num_tokens)  # the padding does not count
+        logits = self._head(x).float().view(B, -1)
+        return logits.div_(SOFTCAP).tanh_().mul_(SOFTCAP)
+
     def forward(self, idx, targets=None, kv_cache=None, loss_reduction="mean"):
         """idx: (B, T) token ids. Returns the cross-entropy loss when targets (B, T) are given
         (targets == -1 are ignored; loss_reduction "mean" | "sum" | "none" as in F.cross_entropy),
         else the soft-capped logits (B, T, vocab_size) in fp32."""
         B, T = idx.shape
-        pos = 0 if kv_cache is None else kv_cache.get_pos()
-        assert pos + T <= self.cos.size(1), \
-            f"position {pos + T} is past the rotary tables ({self.cos.size(1)} positions)"
-        cos, sin = self.cos[:, pos:pos + T], self.sin[:, pos:pos + T]
-        x = norm(self.transformer.wte(idx))  # (B, T, C)
-        for block in self.transformer.h:
-            x = block(x, cos, sin, kv_cache)
-        x = norm(x)
+        x = self._trunk(idx, kv_cache)  # (B, T, C)
         if targets is None:
             logits = self._head(x).float()  # soft-cap in fp32: tanh saturates badly in bf16
             return SOFTCAP * torch.tanh(logits / SOFTCAP)
         assert loss_reduction in ("mean", "sum", "none"), f"unknown loss_reduction {loss_reduction!r}"
         x, targets = x.view(B * T, -1), targets.reshape(B * T)
         if x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu"):
-            return SoftcapCrossEntropy.apply(x, self.lm_head.weight, targets, loss_reduction)
+            return fused_softcap_cross_entropy(x, self.lm_head.weight, targets, loss_reduction)
         return softcap_cross_entropy_reference(x, self.lm_head.weight, targets, loss_reduction)

@@ -259,3 +259,159 @@ def test_setup_optimizers_groups_and_training():
         model.zero_grad(set_to_none=True)
         first = loss.item() if first is None else first
     assert loss.item() < 0.5 * first
+
+
+# -----------------------------------------------------------------------------
+# the fused loss: fully masked batches (issue 8) and evaluation cost
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_fully_masked_micro_batch_leaves_gradients_and_weights_alone(fused, monkeypatch):
+    """Two accumulated micro-batches, the second with every target -1 (e.g. an SFT batch of
+    prompts only): the loss is finite (0) and the gradients equal those of the first alone
+    (F.cross_entropy gives zero gradients for the masked one). Before the fix the fused CPU loss
+    computed 0 * (1 / 0) in its backward and wrote NaN into every gradient. Also: a fresh
+    optimizer step on a fully masked batch leaves the weights unchanged."""
+    if not fused:  # the plain-ops path used on CUDA/MPS, forced here on the CPU
+        monkeypatch.setattr(gpt_module, "fused_softcap_cross_entropy", softcap_cross_entropy_reference)
+    model = tiny_model()
+    V = model.config.vocab_size
+    idx = torch.randint(0, V, (2, 16))
+    targets = torch.randint(0, V, (2, 16))
+    masked = torch.full_like(targets, -1)
+    model(idx, targets).backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    loss = model(idx, masked)
+    assert torch.isfinite(loss) and loss.item() == 0.0
+    loss.backward()
+    for n, p in model.named_parameters():
+        assert torch.isfinite(p.grad).all(), f"{n}: non-finite gradient after a fully masked micro-batch"
+        torch.testing.assert_close(p.grad, expected[n], atol=0, rtol=0)
+    # an optimizer step on a fully masked batch alone moves nothing
+    model.zero_grad(set_to_none=True)
+    model(idx, masked).backward()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for opt in model.setup_optimizers():  # Muon + AdamW, weight decay 0 (the default)
+        opt.step()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), before[n], atol=0, rtol=0)
+
+
+def test_fully_masked_batch_all_reductions():
+    torch.manual_seed(0)
+    x = torch.randn(10, 8, requires_grad=True)
+    w = torch.randn(50, 8, requires_grad=True)
+    t = torch.full((10,), -1)
+    for reduction in ("mean", "sum", "none"):
+        loss = SoftcapCrossEntropy.apply(x, w, t, reduction)
+        gx, gw = torch.autograd.grad(loss.sum(), (x, w))
+        assert torch.all(loss == 0) and torch.all(gx == 0) and torch.all(gw == 0), reduction
+
+
+def _profiled_ops(fn, memory=False):
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=memory) as prof:
+        fn()
+    return prof.key_averages()
+
+
+def test_fused_loss_under_no_grad_skips_the_gradient_sweep():
+    """Evaluation (torch.no_grad, weights still requiring grad) must not pay for the gradient:
+    the profiler sees the gradient sweep (a second exp_ per block, the scatter_add_ at the
+    targets) with autograd on and not under no_grad; the loss is the same."""
+    model = tiny_model(vocab_size=500)
+    idx = torch.randint(0, 500, (4, 32))
+    with_grad = _profiled_ops(lambda: model(idx, idx))
+    with torch.no_grad():
+        no_grad = _profiled_ops(lambda: model(idx, idx))
+        eval_loss = model(idx, idx)
+    calls = lambda ops, name: sum(e.count for e in ops if e.key == name)  # noqa: E731
+    assert calls(with_grad, "aten::scatter_add_") == 1 and calls(no_grad, "aten::scatter_add_") == 0
+    assert calls(with_grad, "aten::exp_") == 2 and calls(no_grad, "aten::exp_") == 1
+    torch.testing.assert_close(eval_loss, model(idx, idx).detach())
+
+
+def test_fused_loss_scratch_is_sized_by_the_vocabulary():
+    """The sweep's scratch block is at most (V, N): with a tiny vocabulary no allocation is large
+    (it was SWEEP_BLOCK_ELEMENTS floats, 64 MB, whatever the vocabulary)."""
+    model = tiny_model(vocab_size=97)
+    idx = torch.randint(0, 97, (2, 32))
+    ops = _profiled_ops(lambda: model(idx, idx), memory=True)
+    largest = max(e.cpu_memory_usage for e in ops if e.key == "aten::empty")
+    assert largest < 1 << 20, f"an allocation of {largest} bytes for a (97, 64) loss"
+
+
+# -----------------------------------------------------------------------------
+# rows at their own positions (the engine's continuous batching)
+
+
+def _rows_cache(model, B, T_max):
+    cfg = model.config
+    return KVCache(B, cfg.n_kv_head, T_max, cfg.n_embd // cfg.n_head, cfg.n_layer).allocate(torch.float32, "cpu")
+
+
+@pytest.mark.parametrize("n_kv_head", [4, 2, 1])
+def test_rows_at_different_positions_match_full_forward(n_kv_head):
+    """Prompts of different lengths prefilled in one padded pass, then decoding with every row at
+    its own position, then a multi-token chunk: each row's logits equal a full forward of that
+    row's own sequence. Unwritten positions are poisoned with NaN/huge values first, so reading
+    one would show."""
+    model = tiny_model(n_kv_head=n_kv_head).eval()
+    V = model.config.vocab_size
+    lens = [5, 11, 1, 8]
+    B = len(lens)
+    seqs = [torch.randint(0, V, (n + 12,)).tolist() for n in lens]
+    kv = _rows_cache(model, B, 40)
+    kv.k.fill_(float("nan"))
+    kv.v.fill_(1e30)
+    idx = torch.zeros(B, max(lens), dtype=torch.long)
+    for b, n in enumerate(lens):
+        idx[b, :n] = torch.tensor(seqs[b][:n])
+    got = [model.forward_last(idx, kv, num_tokens=lens)]  # (B, V)
+    assert kv.lengths.tolist() == lens
+    for t in range(8):  # decode: row b feeds token lens[b] + t
+        step = torch.tensor([[s[n + t]] for s, n in zip(seqs, lens)])
+        got.append(model.forward_last(step, kv))
+    chunk = torch.tensor([s[n + 8:n + 12] for s, n in zip(seqs, lens)])  # 4 tokens at different starts
+    with torch.no_grad():
+        chunk_logits = model(chunk, kv_cache=kv)  # (B, 4, V)
+    assert kv.lengths.tolist() == [n + 12 for n in lens]
+    with torch.no_grad():
+        for b, n in enumerate(lens):
+            full = model(torch.tensor([seqs[b]]))[0]  # (n + 12, V)
+            expect = full[n - 1:n + 8]
+            torch.testing.assert_close(torch.stack([g[b] for g in got]), expect, atol=2e-5, rtol=1e-4)
+            torch.testing.assert_close(chunk_logits[b], full[n + 8:n + 12], atol=2e-5, rtol=1e-4)
+
+
+def test_cache_rows_view_and_copy_row():
+    model = tiny_model(n_kv_head=2).eval()
+    V = model.config.vocab_size
+    kv = _rows_cache(model, 4, 20)
+    prompt = torch.randint(0, V, (1, 6))
+    model.forward_last(prompt, kv.rows(2, 3))  # prefill row 2 only, through a view
+    assert kv.lengths.tolist() == [0, 0, 6, 0]
+    kv.copy_row(2, 0)
+    assert kv.lengths.tolist() == [6, 0, 6, 0]
+    nxt = torch.randint(0, V, (1, 1))
+    a = model.forward_last(nxt, kv.rows(0, 1))
+    with torch.no_grad():
+        full = model(torch.cat([prompt, nxt], dim=1))[0, -1]
+    torch.testing.assert_close(a[0], full, atol=2e-5, rtol=1e-4)
+
+
+def test_fused_qkv_inference_matches_training_path_and_follows_weight_updates():
+    """Without autograd the three projections run as one cached matmul; the logits equal the
+    autograd path's, the cached weight follows in-place updates, and the state_dict is unchanged."""
+    model = tiny_model()
+    keys = set(model.state_dict())
+    idx = torch.randint(0, model.config.vocab_size, (2, 9))
+    for _ in range(2):
+        with torch.no_grad():
+            fast = model(idx)
+        slow = model(idx).detach()  # grad enabled: separate projections
+        torch.testing.assert_close(fast, slow, atol=1e-6, rtol=1e-5)
+        with torch.no_grad():
+            for block in model.transformer.h:
+                block.attn.c_k.weight.mul_(-1.5)
+    assert set(model.state_dict()) == keys
