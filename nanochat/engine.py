@@ -1,17 +1,33 @@
 """
-Inference: a preallocated KV cache, sampling, and the generation loop with calculator tool use.
+Inference: a KV cache whose rows sit at their own positions, per-row sampling, streaming text,
+and an engine that decodes many conversations at once (continuous batching), with calculator
+tool use.
 
-    engine = Engine(model, tokenizer)
-    for token_column, token_masks in engine.generate(prompt_ids, num_samples=4, max_tokens=64):
-        ...  # one new token per row and step; mask 1 = sampled by the model, 0 = forced by the engine
+    engine = Engine(model, tokenizer, num_slots=16)        # 16 KV-cache rows ("slots")
+    rid = engine.add_request(render_chat_prompt(tokenizer, messages), SamplingParams(max_tokens=256))
+    while engine.has_work():
+        for event in engine.step():   # TokenEvent(request_id, index, token, forced, text, finish_reason)
+            ...
+    completions = engine.generate_many(prompts, SamplingParams(max_tokens=64, n=4))   # offline batches
+
+    # the original interface, as thin wrappers (one prompt, num_samples rows):
+    for token_column, token_masks in engine.generate(prompt_ids, num_samples=4, max_tokens=64): ...
     results, masks = engine.generate_batch(prompt_ids, num_samples=4, max_tokens=64)
 
-The prompt is prefilled once with batch 1; its keys/values are then broadcast into a cache of
-num_samples rows, and all rows decode in parallel, one token per step.
+One step() is one forward pass over every decoding row (each at its own position, attending only
+to its own filled keys), plus one padded prefill pass per group of similar-length new prompts.
+A request's n samples share one prefill; its keys/values are copied into n rows. Finished rows
+are dropped from the batch at once. Per request: temperature (0 = greedy), top-k, top-p, seed
+(each sample has its own generator, so a seed reproduces whatever else is batched), max_tokens,
+stop strings, n. The text of each event is a UTF-8-safe delta; a stop string never appears in it.
 
 Tool use: when a row emits <|python_start|> expr <|python_end|>, the engine decodes expr, evaluates
 it with `use_calculator`, and forces <|output_start|> result <|output_end|> into that row (mask 0)
 before the model continues. An expression the calculator refuses forces nothing.
+
+Not covered: prefix caching across requests, chunked prefill of very long prompts (a long prompt
+is prefilled in one pass while the others wait for that step), preemption (a request waits until
+its n slots are free), and speculative decoding.
 
 The calculator is NOT a Python sandbox: it parses with `ast` and evaluates only an allow-list
 (number literals with + - * / // % ** and unary +/-, string literals and a few str methods).
@@ -497,9 +513,9 @@ class Engine:
     token in one forward pass, rows at their own positions; finished samples give their slots
     back at once (the last row moves into the hole, so the decoding rows stay 0..n-1 and cost
     nothing once they are done); then it admits waiting requests, first come first served, while
-    their n samples fit in the free slots: their prompts are prefilled in one padded forward pass,
-    each prompt once, its keys/values copied to the slots of its other samples, and their first
-    tokens sampled. A sample ends on <|assistant_end|> or <|bos|> ("stop", token not kept), a stop
+    their n samples fit in the free slots: their prompts are prefilled in padded forward passes
+    of similar lengths (prefill_groups), each prompt once, its keys/values copied to the slots of
+    its other samples, and their first tokens sampled. A sample ends on <|assistant_end|> or <|bos|> ("stop", token not kept), a stop
     string ("stop"), max_tokens or a full slot ("length": prompt + tokens never exceed the slot),
     or cancel() ("cancelled").
 
@@ -610,7 +626,7 @@ class Engine:
         if self._active:
             B = len(self._active)
             idx = torch.tensor([[s.last] for s in self._active], dtype=torch.long, device=self.model.get_device())
-            logits = self.model.forward_last(idx, self._cache.rows(0, B))  # (B, V)
+            logits = self.model.forward_last(idx, self._cache.rows(0, B), softcap=False)  # (B, V), before the cap
             events += self._advance(self._active, logits)
             self._compact()
         # 2) admit waiting requests into the free slots and prefill them
@@ -659,7 +675,8 @@ class Engine:
             rows = self._cache.rows(row, row + len(members))
             rows.lengths.zero_()
             counts = [lens[i] for i in members]
-            logits = model.forward_last(idx.to(device), rows, num_tokens=None if min(counts) == T else counts)  # (B, V)
+            logits = model.forward_last(idx.to(device), rows, num_tokens=None if min(counts) == T else counts,
+                                        softcap=False)  # (B, V), before the cap
             for b, i in enumerate(members):
                 first_row[i], logits_of[i] = row + b, logits[b]
             row += len(members)
@@ -687,8 +704,11 @@ class Engine:
         return self.model.lm_head.weight.dtype
 
     def _advance(self, samples, logits):
-        """Choose each sample's next token (forced, greedy or sampled) from logits (B, V) and
-        update its state; returns the events."""
+        """Choose each sample's next token (forced, greedy or sampled) from the logits (B, V)
+        before the soft-cap, and update its state; returns the events. Greedy takes the argmax of
+        these (the cap is increasing: the same token, unless fp32 rounding in the cap's saturated
+        range merges two near-equal logits, where this picks the truly larger); sampled rows get
+        the cap applied first, as their distribution is the capped one."""
         forced = [bool(s.forced) for s in samples]
         choice = [s.forced.popleft() if f else None for s, f in zip(samples, forced)]
         greedy = [i for i, s in enumerate(samples) if not forced[i] and s.temperature == 0.0]
@@ -706,6 +726,7 @@ class Engine:
                 continue
             sub = logits if len(rows) == len(samples) else logits[torch.tensor(rows, device=logits.device)]
             group = [samples[i] for i in rows]
+            sub = self.model.softcap(sub)  # in place: a copy, or all of logits when no other row needs them
             picks = sample_rows(sub, [s.temperature for s in group], [s.top_k for s in group],
                                 [s.top_p for s in group], [s.rng.random() for s in group])
             for i, t in zip(rows, picks.tolist()):

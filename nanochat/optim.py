@@ -45,6 +45,15 @@ from torch.optim.adamw import adamw as torch_adamw_functional
 
 from nanochat.common import get_rank, get_world_size
 
+_STEPS_TAKEN = [0]
+
+
+def steps_taken():
+    """How many optimizer steps (AdamW or Muon) this process has taken. A fused kernel updates the
+    weights in place without bumping their tensors' version counters, so a cache derived from the
+    weights (GPT's inference copies of the head and of q/k/v) keys on this count as well."""
+    return _STEPS_TAKEN[0]
+
 
 # -----------------------------------------------------------------------------
 # AdamW
@@ -74,6 +83,7 @@ class AdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        _STEPS_TAKEN[0] += 1
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -286,6 +296,7 @@ class Muon(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        _STEPS_TAKEN[0] += 1
         loss = None
         if closure is not None:
             with torch.enable_grad():

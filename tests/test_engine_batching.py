@@ -345,3 +345,45 @@ def test_render_chat_prompt(tiny_tokenizer):
 def test_token_event_fields():
     e = TokenEvent(request_id=1, index=0, token=5, forced=False, text="x")
     assert e.finish_reason is None
+
+
+def test_prefill_groups_minimise_the_cost_model():
+    """The dynamic programme against a brute force over every split of small sorted lists."""
+    import itertools
+    import random
+
+    from nanochat.engine import prefill_groups
+
+    def cost(groups, lengths, overhead):
+        return sum(len(g) * lengths[g[-1]] + overhead for g in groups)
+
+    rng = random.Random(0)
+    for _ in range(40):
+        lengths = sorted(rng.randrange(1, 300) for _ in range(rng.randrange(1, 8)))
+        overhead = rng.choice([0, 32, 500])
+        groups = prefill_groups(lengths, overhead)
+        assert [i for g in groups for i in g] == list(range(len(lengths)))
+        best = min(cost([list(range(a, b)) for a, b in zip((0,) + cuts, cuts + (len(lengths),))], lengths, overhead)
+                   for k in range(len(lengths)) for cuts in itertools.combinations(range(1, len(lengths)), k))
+        assert cost(groups, lengths, overhead) == best
+    assert prefill_groups([5, 5, 6, 6]) == [[0, 1, 2, 3]]  # similar lengths: one pass
+    assert len(prefill_groups([2, 3, 400, 410])) == 2       # short ones are not padded to 400
+
+
+def test_many_joins_with_samples_and_mixed_params(tiny_tokenizer):
+    """n > 1 requests of different lengths admitted in one step (several prefill groups, extra
+    sample rows after them), mixed with greedy single requests: greedy ones match the naive
+    recompute, the sampled ones their solo runs."""
+    tok = tiny_tokenizer
+    model = random_model(tok, head_std=0.1)
+    prompts = prompts_of(tok, [2, 40, 3, 38, 20])
+    params = [SamplingParams(max_tokens=7), SamplingParams(max_tokens=9, temperature=0.9, seed=1, n=3),
+              SamplingParams(max_tokens=5, n=2), SamplingParams(max_tokens=11, temperature=1.1, top_k=20, seed=2, n=2),
+              SamplingParams(max_tokens=6)]
+    out = Engine(model, tok, num_slots=9).generate_many(prompts, params)
+    for prompt, p, cs in zip(prompts, params, out):
+        assert len(cs) == p.n
+        if p.temperature == 0:
+            assert [c.tokens for c in cs] == [naive_greedy(model, prompt, p.max_tokens)] * p.n
+        else:
+            assert [c.tokens for c in cs] == [c.tokens for c in run_alone(model, tok, prompt, p)]

@@ -415,3 +415,23 @@ def test_fused_qkv_inference_matches_training_path_and_follows_weight_updates():
             for block in model.transformer.h:
                 block.attn.c_k.weight.mul_(-1.5)
     assert set(model.state_dict()) == keys
+
+
+def test_inference_caches_follow_an_optimizer_step():
+    # GPT caches a transposed head and a fused q/k/v weight for CPU decoding; the fused AdamW kernel
+    # updates weights in place without bumping their version counters, so a cache keyed on the
+    # version alone kept decoding with the pre-step head (found by chat_rl's resume test)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(sequence_len=16, vocab_size=64, n_layer=1, n_head=2, n_kv_head=2, n_embd=32))
+    model.init_weights()
+    optimizers = model.setup_optimizers()
+    idx = torch.randint(0, 64, (1, 1))
+    with torch.no_grad():
+        model(idx)  # fills the caches
+    model(torch.randint(0, 64, (2, 8)), torch.randint(0, 64, (2, 8))).backward()
+    for opt in optimizers:
+        opt.step()
+    with torch.no_grad():
+        cached = model(idx)
+        reference = model.logits_from_hidden(model.hidden_states(idx))
+    torch.testing.assert_close(cached, reference)
