@@ -1,16 +1,25 @@
 """
 Evaluating a chat model on the tasks in tasks/: accuracy per task and ChatCORE.
 
+    result = evaluate_task(model, tokenizer, "ARC-Easy", max_items=100)   # {"accuracy": ..., ...}
+    score = chatcore({name: result, ...})
+
 Two kinds of task (a Task's `eval_type`):
 - categorical (ARC, MMLU): the prompt is rendered for completion and the model's next-token logits
   are compared over the answer letters only; the most likely letter is the answer. Prompts are
-  batched (right-padded: attention is causal, so padding after the prompt changes nothing before it).
+  sorted by length and batched (right-padded: attention is causal, so padding after the prompt
+  changes nothing before it); with nanochat's GPT the head runs at each prompt's last position
+  only. fast=False is the reference (prompts in order, full logits) it is tested against.
 - generative (GSM8K, HumanEval, SpellingBee): completions are sampled through the Engine (greedy by
-  default, with tool use); with num_samples > 1 an item passes if any sample passes (pass@k).
+  default, with tool use), all of a rank's problems batched together by Engine.generate_many;
+  with num_samples > 1 a problem passes if any sample passes (pass@k). batched=False is the
+  reference, one problem at a time through Engine.generate_batch.
 
 Items are spread over ranks (rank::world_size) and the counts are summed across ranks.
-ChatCORE is the mean over tasks of the centred accuracy (acc - baseline) / (1 - baseline), with
-baseline 0.25 for the 4-way multiple-choice tasks and 0 for generative ones.
+Units: accuracies, baselines and centred accuracies are fractions (0..1). Each task's random
+baseline is its Task class's `baseline` attribute (0.25 for 4-way multiple choice, 0 for
+generative tasks); ChatCORE is the mean over tasks of the centred accuracy
+(acc - baseline) / (1 - baseline).
 
 Used by scripts/chat_eval.py (and by later stages that evaluate during training).
 """
@@ -21,37 +30,30 @@ import torch
 import torch.distributed as dist
 
 from nanochat.common import get_rank, get_world_size, print0
-from nanochat.engine import Engine
+from nanochat.core_eval import centered_accuracy
+from nanochat.engine import Engine, SamplingParams
+from tasks.arc import ARC
+from tasks.gsm8k import GSM8K
+from tasks.humaneval import HumanEval
+from tasks.mmlu import MMLU
+from tasks.spellingbee import SpellingBee
 
-# The tasks chat_eval knows, with their ChatCORE baselines.
-BASELINES = {
-    "ARC-Easy": 0.25,
-    "ARC-Challenge": 0.25,
-    "MMLU": 0.25,
-    "GSM8K": 0.0,
-    "HumanEval": 0.0,
-    "SpellingBee": 0.0,
+# The tasks chat_eval knows: name -> the constructor of its evaluation split.
+TASKS = {
+    "ARC-Easy": lambda: ARC("ARC-Easy", "test"),
+    "ARC-Challenge": lambda: ARC("ARC-Challenge", "test"),
+    "MMLU": lambda: MMLU("all", "test"),
+    "GSM8K": lambda: GSM8K("main", "test"),
+    "HumanEval": lambda: HumanEval(),
+    "SpellingBee": lambda: SpellingBee(size=256, split="test"),
 }
 
 
 def load_task(name):
     """The evaluation split of a task by its chat_eval name."""
-    if name in ("ARC-Easy", "ARC-Challenge"):
-        from tasks.arc import ARC
-        return ARC(name, "test")
-    if name == "MMLU":
-        from tasks.mmlu import MMLU
-        return MMLU("all", "test")
-    if name == "GSM8K":
-        from tasks.gsm8k import GSM8K
-        return GSM8K("main", "test")
-    if name == "HumanEval":
-        from tasks.humaneval import HumanEval
-        return HumanEval()
-    if name == "SpellingBee":
-        from tasks.spellingbee import SpellingBee
-        return SpellingBee(size=256, split="test")
-    raise ValueError(f"unknown task {name!r}; choose from {', '.join(BASELINES)}")
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; choose from {', '.join(TASKS)}")
+    return TASKS[name]()
 
 
 def _sum_across_ranks(*counts, device):
@@ -73,27 +75,36 @@ def letter_token_ids(tokenizer, letters):
 
 
 @torch.inference_mode()
-def evaluate_categorical(model, tokenizer, task, batch_size=8, max_problems=None):
-    """(num_correct, num_total) of a categorical task, summed over ranks."""
+def evaluate_categorical(model, tokenizer, task, batch_size=8, max_items=None, fast=True):
+    """(num_correct, num_total) of a categorical task on its first max_items items, summed over ranks."""
     device = model.get_device()
     rank, world = get_rank(), get_world_size()
-    n = len(task) if max_problems is None else min(len(task), max_problems)
+    n = len(task) if max_items is None else min(len(task), max_items)
     pad = tokenizer.get_bos_token_id()  # any id: padded positions come after every prompt's last token
+    items = []  # (conversation, prompt ids) of this rank's items
+    for i in range(rank, n, world):
+        conversation = task[i]
+        items.append((conversation, tokenizer.render_for_completion(conversation)))
+    if fast:
+        items.sort(key=lambda item: len(item[1]))  # similar lengths together: little padding
+    use_hidden = fast and hasattr(model, "hidden_states")
     correct = total = 0
-    indices = list(range(rank, n, world))
-    for start in range(0, len(indices), batch_size):
-        conversations = [task[i] for i in indices[start:start + batch_size]]
-        prompts = [tokenizer.render_for_completion(c) for c in conversations]
-        longest = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), longest), pad, dtype=torch.long)
-        for row, prompt in enumerate(prompts):
+    for start in range(0, len(items), batch_size):
+        batch = items[start:start + batch_size]
+        lengths = [len(prompt) for _, prompt in batch]
+        ids = torch.full((len(batch), max(lengths)), pad, dtype=torch.long)
+        for row, (_, prompt) in enumerate(batch):
             ids[row, :len(prompt)] = torch.tensor(prompt)
-        logits = model(ids.to(device))  # (B, T, V)
-        for row, (conversation, prompt) in enumerate(zip(conversations, prompts)):
+        ids = ids.to(device)
+        rows, last = torch.arange(len(batch), device=device), torch.tensor(lengths, device=device) - 1
+        if use_hidden:  # the head at each prompt's last position only
+            logits = model.logits_from_hidden(model.hidden_states(ids)[rows, last])  # (B, V)
+        else:
+            logits = model(ids)[rows, last]  # (B, T, V) -> (B, V)
+        for row, (conversation, _) in enumerate(batch):
             letters = conversation["letters"]
             choice_ids = torch.tensor(letter_token_ids(tokenizer, letters), device=device)
-            scores = logits[row, len(prompt) - 1, choice_ids]  # (num_letters,)
-            predicted = letters[int(scores.argmax())]
+            predicted = letters[int(logits[row, choice_ids].argmax())]
             correct += int(task.evaluate(conversation, predicted))
             total += 1
     return _sum_across_ranks(correct, total, device=device)
@@ -101,14 +112,17 @@ def evaluate_categorical(model, tokenizer, task, batch_size=8, max_problems=None
 
 @torch.inference_mode()
 def evaluate_generative(model, tokenizer, task, num_samples=1, max_new_tokens=512, temperature=0.0,
-                        top_k=50, max_problems=None, seed=42):
-    """(num_passed, num_total) of a generative task, pass@num_samples, summed over ranks."""
+                        top_k=50, max_items=None, seed=42, batched=True, num_slots=16):
+    """(num_passed, num_total) of a generative task on its first max_items problems, pass@num_samples,
+    summed over ranks. Problem i samples with seed + i. batched=True runs all of this rank's problems
+    through one Engine.generate_many (num_slots KV-cache rows); batched=False is the reference, one
+    problem at a time."""
     device = model.get_device()
-    engine = Engine(model, tokenizer)
     rank, world = get_rank(), get_world_size()
-    n = len(task) if max_problems is None else min(len(task), max_problems)
-    passed = total = 0
+    n = len(task) if max_items is None else min(len(task), max_items)
     room = model.config.sequence_len
+    problems = []  # (index, conversation, prompt, max_tokens) of this rank's answerable problems
+    passed = total = 0
     for i in range(rank, n, world):
         conversation = task[i]
         prompt = tokenizer.render_for_completion(conversation)
@@ -116,36 +130,46 @@ def evaluate_generative(model, tokenizer, task, num_samples=1, max_new_tokens=51
         if max_tokens <= 0:
             total += 1  # a prompt that fills the context cannot be answered: counted as failed
             continue
-        results, _ = engine.generate_batch(prompt, num_samples=num_samples, max_tokens=max_tokens,
-                                           temperature=temperature, top_k=top_k, seed=seed + i)
-        completions = [tokenizer.decode(r[len(prompt):]) for r in results]
+        problems.append((i, conversation, prompt, max_tokens))
+    if batched:
+        engine = Engine(model, tokenizer, num_slots=max(num_slots, num_samples))
+        params = [SamplingParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k or None,
+                                 seed=seed + i, n=num_samples) for i, _, _, max_tokens in problems]
+        outputs = engine.generate_many([prompt for _, _, prompt, _ in problems], params) if problems else []
+        texts = [[tokenizer.decode(c.tokens) for c in completions] for completions in outputs]
+    else:
+        engine = Engine(model, tokenizer)
+        texts = []
+        for i, _, prompt, max_tokens in problems:
+            results, _ = engine.generate_batch(prompt, num_samples=num_samples, max_tokens=max_tokens,
+                                               temperature=temperature, top_k=top_k, seed=seed + i)
+            texts.append([tokenizer.decode(r[len(prompt):]) for r in results])
+    for (_, conversation, _, _), completions in zip(problems, texts, strict=True):
         passed += int(any(task.evaluate(conversation, c) for c in completions))
         total += 1
     return _sum_across_ranks(passed, total, device=device)
 
 
 def evaluate_task(model, tokenizer, name, task=None, batch_size=8, num_samples=1, max_new_tokens=512,
-                  temperature=0.0, top_k=50, max_problems=None):
-    """Accuracy of one task by name (loading its evaluation split unless `task` is given)."""
+                  temperature=0.0, top_k=50, max_items=None, fast=True):
+    """One task by name (its evaluation split is loaded unless `task` is given): a dict with task,
+    correct, total, accuracy, baseline, centered (fractions) and seconds. fast=False runs the
+    reference paths (categorical: full logits, prompts in order; generative: one problem at a time)."""
     task = load_task(name) if task is None else task
     t0 = time.time()
     if task.eval_type == "categorical":
-        correct, total = evaluate_categorical(model, tokenizer, task, batch_size, max_problems)
+        correct, total = evaluate_categorical(model, tokenizer, task, batch_size, max_items, fast=fast)
     else:
         if temperature == 0.0 and num_samples > 1:
             print0(f"{name}: {num_samples} greedy samples are identical; use --temperature > 0 for pass@k")
         correct, total = evaluate_generative(model, tokenizer, task, num_samples, max_new_tokens,
-                                             temperature, top_k, max_problems)
+                                             temperature, top_k, max_items, batched=fast)
     accuracy = correct / max(total, 1)
-    return {"task": name, "correct": correct, "total": total, "accuracy": accuracy,
-            "seconds": time.time() - t0}
-
-
-def centered(accuracy, baseline):
-    return (accuracy - baseline) / (1.0 - baseline)
+    return {"task": name, "correct": correct, "total": total, "accuracy": accuracy, "baseline": task.baseline,
+            "centered": centered_accuracy(accuracy, task.baseline), "seconds": time.time() - t0}
 
 
 def chatcore(results):
-    """The mean centred accuracy over the evaluated tasks (a dict name -> accuracy)."""
+    """ChatCORE: the mean centred accuracy over the evaluated tasks ({name: evaluate_task's dict})."""
     assert results, "ChatCORE needs at least one task"
-    return sum(centered(acc, BASELINES[name]) for name, acc in results.items()) / len(results)
+    return sum(r["centered"] for r in results.values()) / len(results)

@@ -2,14 +2,17 @@
 Evaluate a chat checkpoint (mid, sft or rl) on the chat tasks and report ChatCORE.
 
     python -m scripts.chat_eval -i sft                                  # all tasks, one process
-    python -m scripts.chat_eval -i sft -a "ARC-Easy|GSM8K" --max-problems 50
+    python -m scripts.chat_eval -i sft -a ARC-Easy,GSM8K --max-per-task 50
     torchrun --nproc_per_node=8 -m scripts.chat_eval -- -i sft          # items spread over 8 GPUs
-    python -m scripts.chat_eval -i sft --device-type cpu --max-problems 20   # a quick CPU check
+    python -m scripts.chat_eval -i sft --device-type cpu --max-per-task 20   # a quick CPU check
 
 Categorical tasks (ARC, MMLU) compare the logits of the answer letters; generative tasks (GSM8K,
-HumanEval, SpellingBee) sample through the engine (greedy unless --temperature > 0; pass@k with
---num-samples). Prints each task's accuracy and ChatCORE (see nanochat/task_eval.py) and writes a
-JSON of the results into <base dir>/chat_eval/.
+HumanEval, SpellingBee) sample through the engine, all of a rank's problems batched together
+(greedy unless --temperature > 0; pass@k with --num-samples). Prints each task's accuracy and
+ChatCORE (see nanochat/task_eval.py; accuracies and centred accuracies are fractions, 0..1),
+records the run with nanochat.runlog.save_results in
+get_base_dir()/results/chat_eval_<source>_<model_tag>_<step>.json, and prints the metrics as a
+last line of JSON: {"ARC-Easy": accuracy, ..., "ChatCORE": score} (only the tasks run).
 """
 
 import argparse
@@ -20,9 +23,10 @@ from contextlib import nullcontext
 
 import torch
 
-from nanochat.checkpoint_manager import CheckpointError, load_model
-from nanochat.common import atomic_write, compute_cleanup, compute_init, get_base_dir, print0
-from nanochat.task_eval import BASELINES, centered, chatcore, evaluate_task
+from nanochat.checkpoint_manager import SOURCE_DIRS, CheckpointError, find_largest_model, latest_step, load_model
+from nanochat.common import compute_cleanup, compute_init, get_base_dir, print0
+from nanochat.runlog import save_results
+from nanochat.task_eval import TASKS, chatcore, evaluate_task
 
 parser = argparse.ArgumentParser(description="Evaluate a chat model on ARC, MMLU, GSM8K, HumanEval, SpellingBee.")
 # checkpoint
@@ -30,37 +34,48 @@ parser.add_argument("-i", "--source", required=True, choices=["mid", "sft", "rl"
 parser.add_argument("--model-tag", default=None, help="model tag (default: the largest model of that stage)")
 parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
 # tasks
-parser.add_argument("-a", "--tasks", default="|".join(BASELINES),
-                    help="tasks separated by '|' (default: all of %(default)s)")
-parser.add_argument("--max-problems", type=int, default=None, help="cap the items of each task (fast run)")
+parser.add_argument("-a", "--tasks", default=",".join(TASKS),
+                    help="comma-separated tasks (default: all of %(default)s)")
+parser.add_argument("--max-per-task", type=int, default=None,
+                    help="score only the first N items of each task (default: all items)")
 # generation
 parser.add_argument("--num-samples", type=int, default=1, help="samples per generative item (pass@k)")
 parser.add_argument("--max-new-tokens", type=int, default=512, help="max tokens generated per sample")
 parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0 = greedy)")
 parser.add_argument("--top-k", type=int, default=50, help="top-k sampling (0 = none)")
 parser.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (categorical tasks)")
+parser.add_argument("--fast", action=argparse.BooleanOptionalAction, default=True,
+                    help="batched scoring and generation (--no-fast: the one-at-a-time reference paths)")
 # compute
 parser.add_argument("--device-type", default="", choices=["", "cuda", "mps", "cpu"], help="device (default: autodetect)")
 parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"], help="autocast dtype on CUDA")
 args = parser.parse_args()
 
-task_names = [t.strip() for t in args.tasks.split("|") if t.strip()]
-unknown = [t for t in task_names if t not in BASELINES]
+task_names = [t.strip() for t in args.tasks.split(",") if t.strip()]
+unknown = [t for t in task_names if t not in TASKS]
 if unknown or not task_names:
-    parser.error(f"unknown task(s) {unknown or args.tasks!r}; choose from {'|'.join(BASELINES)}")
+    parser.error(f"unknown task(s) {unknown or args.tasks!r}; choose from {','.join(TASKS)} (comma-separated)")
 for flag in ("num_samples", "max_new_tokens", "batch_size"):
     if getattr(args, flag) < 1:
         parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
-if args.max_problems is not None and args.max_problems < 1:
-    parser.error(f"--max-problems must be at least 1, got {args.max_problems}")
+if args.max_per_task is not None and args.max_per_task < 1:
+    parser.error(f"--max-per-task must be a positive number of items (omit it for all), got {args.max_per_task}")
 if args.temperature < 0:
     parser.error(f"--temperature must be >= 0, got {args.temperature}")
+if args.top_k < 0:
+    parser.error(f"--top-k must be >= 0 (0 = none), got {args.top_k}")
 
 compute = compute_init(args.device_type)
+# the tag and step are resolved here, as load_model would, so the results can name them
+root = os.path.join(get_base_dir(), SOURCE_DIRS[args.source])
 try:
-    model, tokenizer, meta = load_model(args.source, compute.device, phase="eval", model_tag=args.model_tag, step=args.step)
+    model_tag = args.model_tag or find_largest_model(root)
+    step = args.step if args.step is not None else latest_step(os.path.join(root, model_tag))
+    model, tokenizer, _ = load_model(args.source, compute.device, phase="eval", model_tag=model_tag, step=step)
 except (FileNotFoundError, CheckpointError) as e:
+    compute_cleanup()
     parser.exit(1, f"chat_eval: cannot load the {args.source} checkpoint: {e}\n")
+print0(f"{args.source} model {model_tag} step {step}: {model.num_params():,} parameters")
 autocast = (torch.amp.autocast(device_type="cuda", dtype=getattr(torch, args.dtype))
             if compute.device_type == "cuda" else nullcontext())
 
@@ -70,22 +85,23 @@ with autocast:
     for name in task_names:
         r = evaluate_task(model, tokenizer, name, batch_size=args.batch_size, num_samples=args.num_samples,
                           max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                          top_k=args.top_k or None, max_problems=args.max_problems)
+                          top_k=args.top_k or None, max_items=args.max_per_task, fast=args.fast)
         results[name] = r
-        print0(f"{name:<14} {r['correct']:>5}/{r['total']:<5} accuracy {100 * r['accuracy']:6.2f}%  ({r['seconds']:.1f}s)")
+        print0(f"{name:<14} {r['correct']:>5}/{r['total']:<5} accuracy {r['accuracy']:.4f}  ({r['seconds']:.1f}s)",
+               flush=True)
 
-print0(f"\n{'task':<14} {'accuracy':>9} {'centred':>9}")
+print0(f"\n{'task':<14} {'accuracy':>9} {'baseline':>9} {'centred':>9}")
 for name, r in results.items():
-    print0(f"{name:<14} {100 * r['accuracy']:8.2f}% {100 * centered(r['accuracy'], BASELINES[name]):8.2f}%")
-score = chatcore({name: r["accuracy"] for name, r in results.items()})
-partial = "" if len(results) == len(BASELINES) else f" (over {len(results)} of {len(BASELINES)} tasks)"
+    print0(f"{name:<14} {r['accuracy']:>9.4f} {r['baseline']:>9.4f} {r['centered']:>+9.4f}")
+score = chatcore(results)
+partial = "" if len(results) == len(TASKS) else f" (over {len(results)} of {len(TASKS)} tasks)"
 print0(f"ChatCORE{partial}: {score:.4f}   total time {time.time() - t0:.1f}s")
+metrics = {**{name: r["accuracy"] for name, r in results.items()}, "ChatCORE": score}
 
 if compute.master:
-    out_dir = os.path.join(get_base_dir(), "chat_eval")
-    os.makedirs(out_dir, exist_ok=True)
-    step = meta.get("step", "latest")
-    path = os.path.join(out_dir, f"{args.source}_{args.model_tag or 'default'}_{step}.json")
-    atomic_write(path, lambda f: json.dump({"args": vars(args), "results": results, "chatcore": score}, f, indent=2))
+    path = save_results("chat_eval", name=f"chat_eval_{args.source}_{model_tag}_{step:06d}", config=vars(args),
+                        metrics=metrics, source=args.source, model_tag=model_tag, step=step,
+                        extra={"tasks": results, "world_size": compute.world_size})
     print0(f"wrote {path}")
+print0(json.dumps(metrics))  # the last line: the metrics as JSON
 compute_cleanup()

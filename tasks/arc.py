@@ -14,6 +14,7 @@ from tasks.common import Task, check_choice, evaluate_letter, load_rows, render_
 
 class ARC(Task):
     eval_type = "categorical"
+    baseline = 0.25  # most items have 4 choices (some 3 or 5); the ChatCORE convention rounds to 1/4
 
     def __init__(self, subset, split, **kwargs):
         super().__init__(**kwargs)

@@ -28,10 +28,11 @@ import re
 
 class Task:
     """An indexable, sliceable list of conversations. Subclasses set `eval_type` ("categorical"
-    or "generative") and implement num_examples() and get_example(i); evaluating ones implement
-    evaluate(conversation, completion). Slicing (task[a:b:c]) gives a view that shares the data."""
+    or "generative") and `baseline`, and implement num_examples() and get_example(i); evaluating ones
+    implement evaluate(conversation, completion). Slicing (task[a:b:c]) gives a view that shares the data."""
 
     eval_type = "generative"
+    baseline = 0.0  # accuracy of random guessing, a fraction: ChatCORE centres each task's accuracy on it
 
     def __init__(self, start=0, stop=None, step=1):
         self._slice = slice(start, stop, step)  # applied lazily: num_examples() is known only after loading

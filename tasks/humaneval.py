@@ -29,6 +29,7 @@ def extract_program(completion):
 
 class HumanEval(Task):
     eval_type = "generative"
+    baseline = 0.0
 
     def __init__(self, timeout=10.0, **kwargs):
         super().__init__(**kwargs)

@@ -17,6 +17,7 @@ LETTERS = ("A", "B", "C", "D")
 
 class MMLU(Task):
     eval_type = "categorical"
+    baseline = 1 / len(LETTERS)  # four choices
 
     def __init__(self, subset, split, **kwargs):
         super().__init__(**kwargs)

@@ -93,6 +93,7 @@ class _GeneratedTask(Task):
 
 class SpellingBee(_GeneratedTask):
     eval_type = "generative"
+    baseline = 0.0
 
     def get_example(self, index):
         rng = random.Random(self.seed + index)

@@ -1,6 +1,7 @@
 """
 scripts/chat_eval.py end to end: a tiny chat checkpoint and a tiny data mirror made here, evaluated
-as a subprocess; the categorical accuracy it reports must equal an in-process reference.
+as a subprocess; the categorical accuracy it reports must equal an in-process reference, and its
+results record (nanochat.runlog) must hold the metrics it prints.
 """
 
 import json
@@ -58,26 +59,35 @@ def run_chat_eval(env, *flags):
 
 def test_chat_eval_end_to_end(chat_setup, tiny_tokenizer, monkeypatch):
     model, env, base = chat_setup
-    proc = run_chat_eval(env, "-i", "sft", "-a", "ARC-Easy|GSM8K", "--max-problems", "5",
+    proc = run_chat_eval(env, "-i", "sft", "-a", "ARC-Easy,GSM8K", "--max-per-task", "5",
                          "--max-new-tokens", "8", "--device-type", "cpu")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ChatCORE (over 2 of 6 tasks)" in proc.stdout
-    [report] = os.listdir(base / "chat_eval")
-    with open(base / "chat_eval" / report) as f:
-        results = json.load(f)["results"]
-    assert results["ARC-Easy"]["total"] == 5 and results["GSM8K"]["total"] == 3
+    printed = json.loads(proc.stdout.strip().splitlines()[-1])  # the last line: the metrics as JSON
+    # one results record per (source, model, step), through nanochat.runlog
+    with open(base / "results" / "chat_eval_sft_d2_000010.json") as f:
+        record = json.load(f)
+    assert (record["stage"], record["source"], record["model_tag"], record["step"]) == ("chat_eval", "sft", "d2", 10)
+    assert record["metrics"] == printed and set(printed) == {"ARC-Easy", "GSM8K", "ChatCORE"}
+    tasks = record["extra"]["tasks"]
+    assert tasks["ARC-Easy"]["total"] == 5 and tasks["GSM8K"]["total"] == 3
+    assert record["config"]["max_per_task"] == 5
+    assert printed["ChatCORE"] == pytest.approx((tasks["ARC-Easy"]["centered"] + printed["GSM8K"]) / 2)
 
-    # the same accuracy in-process, from the same weights and data
+    # the same accuracy in-process, from the same weights and data, on the reference path
     monkeypatch.setenv("NANOCHAT_DATA_DIR", env["NANOCHAT_DATA_DIR"])
     from tasks.arc import ARC
-    correct, total = evaluate_categorical(model, tiny_tokenizer, ARC("ARC-Easy", "test"), max_problems=5)
-    assert (results["ARC-Easy"]["correct"], total) == (correct, 5)
+    correct, total = evaluate_categorical(model, tiny_tokenizer, ARC("ARC-Easy", "test"), max_items=5, fast=False)
+    assert (tasks["ARC-Easy"]["correct"], total) == (correct, 5)
+    assert printed["ARC-Easy"] == correct / 5  # accuracies are fractions
 
 
 def test_chat_eval_bad_input_gives_clear_errors(chat_setup):
     _, env, _ = chat_setup
-    proc = run_chat_eval(env, "-i", "sft", "-a", "ARC-Easy|Trivia")
+    proc = run_chat_eval(env, "-i", "sft", "-a", "ARC-Easy,Trivia")
     assert proc.returncode != 0 and "unknown task" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_chat_eval(env, "-i", "sft", "--max-per-task", "0")
+    assert proc.returncode != 0 and "--max-per-task" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_chat_eval(env, "-i", "rl", "--device-type", "cpu")
     assert proc.returncode == 1 and "cannot load the rl checkpoint" in proc.stderr
     assert "Traceback" not in proc.stderr

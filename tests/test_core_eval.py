@@ -31,6 +31,7 @@ from nanochat.core_eval import (
     prepare_example,
     read_simple_yaml,
     score_rows,
+    score_rows_fast,
 )
 
 REAL_CORE = Path(__file__).resolve().parents[2] / "shared" / "data" / "core"
@@ -243,34 +244,85 @@ def test_oracle_scores_perfect_and_wrong_oracle_scores_zero(tiny_tokenizer, kind
         assert evaluate_task(wrong, tiny_tokenizer, data, "cpu", task) == 0.0
 
 
-@pytest.mark.parametrize("kind,data", [("multiple_choice", MC_ITEMS), ("schema", SCHEMA_ITEMS), ("language_modeling", LM_ITEMS)])
-def test_real_gpt_padded_batch_matches_reference(tiny_tokenizer, kind, data):
-    # the project's transformer: right padding in a batch must not change any option's score
+def random_gpt(tokenizer, sequence_len, n_kv_head=2, seed=0):
+    """The project's transformer, small, with every weight random (init_weights zeroes the output
+    projections and nearly zeroes the head, which would make all options tie)."""
     from nanochat.gpt import GPT, GPTConfig
-    torch.manual_seed(0)
-    max_len = 48
-    config = GPTConfig(sequence_len=max_len, vocab_size=tiny_tokenizer.get_vocab_size(), n_layer=2, n_head=2,
-                       n_kv_head=2, n_embd=32)
+    torch.manual_seed(seed)
+    config = GPTConfig(sequence_len=sequence_len, vocab_size=tokenizer.get_vocab_size(), n_layer=2, n_head=2,
+                       n_kv_head=n_kv_head, n_embd=32)
     model = GPT(config)
     model.init_weights()
-    with torch.no_grad():  # init_weights zeroes the head (uniform logits): randomise so options differ
+    with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.5)
-    model.eval()
+    return model.eval()
+
+
+@pytest.mark.parametrize("kind,data", [("multiple_choice", MC_ITEMS), ("schema", SCHEMA_ITEMS), ("language_modeling", LM_ITEMS)])
+def test_real_gpt_padded_batch_matches_reference(tiny_tokenizer, kind, data):
+    # the project's transformer: right padding in a batch must not change any option's score,
+    # in the reference scorer nor in the fast one (head at the scored positions only)
+    max_len = 64  # long enough that rows differ in length, short enough that some are cropped
+    model = random_gpt(tiny_tokenizer, max_len)
     task = meta(kind, shots=2)
     prepared = [prepare_example(i, data, tiny_tokenizer, task, max_seq_len=max_len) for i in range(len(data))]
     rows = [r for p in prepared for r in p[0]]
     spans = [s for p in prepared for s in p[1]]
-    got = score_rows(model, rows, spans, "cpu", pad_id=tiny_tokenizer.get_bos_token_id())  # one padded batch
+    assert len({len(r) for r in rows}) > 1, "test precondition: rows of different lengths, so some are padded"
     ref = []
     for i in range(len(data)):
         shots = [data[j] for j in fewshot_indices(i, len(data), 2)]
         ref += reference_scores(model, tiny_tokenizer, data[i], shots, kind, " ", max_seq_len=max_len)
-    for (mean, greedy), (_, ref_mean, ref_greedy) in zip(got, ref, strict=True):
-        assert mean == pytest.approx(ref_mean, abs=1e-4)
-        assert greedy == ref_greedy
+    for scorer in (score_rows, score_rows_fast):
+        got = scorer(model, rows, spans, "cpu", pad_id=tiny_tokenizer.get_bos_token_id())  # one padded batch
+        for (mean, greedy), (_, ref_mean, ref_greedy) in zip(got, ref, strict=True):
+            assert mean == pytest.approx(ref_mean, abs=1e-4)
+            assert greedy == ref_greedy
     expected = [reference_correct(model, tiny_tokenizer, data, i, task, max_len) for i in range(len(data))]
-    assert evaluate_task(model, tiny_tokenizer, data, "cpu", task, batch_size=4) == pytest.approx(sum(expected) / len(data))
+    for fast in (False, True):
+        acc = evaluate_task(model, tiny_tokenizer, data, "cpu", task, batch_size=4, fast=fast)
+        assert acc == pytest.approx(sum(expected) / len(data))
+
+
+@pytest.mark.parametrize("n_kv_head", [2, 1])
+@pytest.mark.parametrize("kind,data", [("multiple_choice", MC_ITEMS), ("schema", SCHEMA_ITEMS), ("language_modeling", LM_ITEMS)])
+def test_fast_matches_reference_on_a_real_gpt(tiny_tokenizer, kind, data, n_kv_head):
+    # the fast path (head at the scored positions, an item's shared prefix run once through the KV
+    # cache, items sorted by length into padded batches) gives the reference's scores and accuracy;
+    # at a context of 40 some prompts are cropped differently per option and share no prefix
+    bos = tiny_tokenizer.get_bos_token_id()
+    shared_seen = 0
+    for max_len, shots in ((128, 2), (40, 3)):
+        model = random_gpt(tiny_tokenizer, max_len, n_kv_head, seed=max_len)
+        task = meta(kind, shots=shots)
+        shareable, shareable_refs = [], []
+        for i in range(len(data)):
+            rows, spans, _ = prepare_example(i, data, tiny_tokenizer, task, max_seq_len=max_len)
+            ref = score_rows(model, rows, spans, "cpu", pad_id=bos)
+            got = [score_rows_fast(model, rows, spans, "cpu", pad_id=bos)]
+            if len(rows) > 1 and core_eval.shared_prefix_len(rows, spans) >= 1:
+                [alone] = core_eval.score_items_shared_prefix(model, [(rows, spans)], "cpu", pad_id=bos)
+                got.append(alone)
+                shareable.append((rows, spans))
+                shareable_refs.append(ref)
+            for scores in got:
+                for (mean, greedy), (ref_mean, ref_greedy) in zip(scores, ref, strict=True):
+                    assert mean == pytest.approx(ref_mean, abs=1e-4)
+                    assert greedy == ref_greedy
+        if shareable:  # all at once: prefixes of different lengths in one cache, rows at their own positions
+            assert len({core_eval.shared_prefix_len(*item) for item in shareable}) > 1
+            together = core_eval.score_items_shared_prefix(model, shareable, "cpu", pad_id=bos)
+            for scores, ref in zip(together, shareable_refs, strict=True):
+                for (mean, greedy), (ref_mean, ref_greedy) in zip(scores, ref, strict=True):
+                    assert mean == pytest.approx(ref_mean, abs=1e-4)
+                    assert greedy == ref_greedy
+            shared_seen += len(shareable)
+        reference = evaluate_task(model, tiny_tokenizer, data, "cpu", task, batch_size=1, fast=False)
+        for batch_size in (1, 3, 16):
+            assert evaluate_task(model, tiny_tokenizer, data, "cpu", task, batch_size=batch_size) == reference
+    if kind != "language_modeling":
+        assert shared_seen >= len(data), "the shared-prefix path was not exercised"
 
 
 def test_language_modeling_needs_every_token_greedy(tiny_tokenizer):
@@ -345,11 +397,14 @@ def test_continuation_longer_than_context_is_an_error(tiny_tokenizer):
 # centring and CORE
 
 def test_centered_accuracy_and_core():
-    assert centered_accuracy(0.25, 25.0) == pytest.approx(0.0)
-    assert centered_accuracy(1.0, 25.0) == pytest.approx(1.0)
-    assert centered_accuracy(0.7, 25.0) == pytest.approx(0.6)  # (0.7 - 0.25) / 0.75
-    assert centered_accuracy(0.1, 50.0) == pytest.approx(-0.8)  # below chance is negative
+    # fractions everywhere: the baseline too (the bundle's percent is converted when read)
+    assert centered_accuracy(0.25, 0.25) == pytest.approx(0.0)
+    assert centered_accuracy(1.0, 0.25) == pytest.approx(1.0)
+    assert centered_accuracy(0.7, 0.25) == pytest.approx(0.6)  # (0.7 - 0.25) / 0.75
+    assert centered_accuracy(0.1, 0.5) == pytest.approx(-0.8)  # below chance is negative
     assert centered_accuracy(0.3, 0.0) == pytest.approx(0.3)
+    with pytest.raises(AssertionError, match="not a fraction"):
+        centered_accuracy(0.5, 25.0)  # a percentage passed by mistake
     assert core_metric({"a": 0.6, "b": -0.2, "c": 0.2}) == pytest.approx(0.2)
 
 
@@ -403,7 +458,7 @@ def test_read_tiny_bundle(tmp_path):
 
     tasks = load_core_tasks(str(bundle))
     assert [(t["label"], t["num_fewshot"], t["task_type"], t["random_baseline"]) for t in tasks] == \
-        [("mc_task", 2, "multiple_choice", 25.0), ("lm_task", 0, "language_modeling", 0.0)]
+        [("mc_task", 2, "multiple_choice", 0.25), ("lm_task", 0, "language_modeling", 0.0)]
     assert core_eval.load_task_data(str(bundle), tasks[0]) == MC_ITEMS
     assert core_eval.load_task_data(str(bundle), tasks[1]) == LM_ITEMS
 
@@ -454,13 +509,96 @@ def test_download_failure_names_url_and_mirror(tmp_path):
     assert not (tmp_path / "eval_bundle").exists()
 
 
+# -----------------------------------------------------------------------------
+# evaluate_core and scripts/base_eval.py
+
+def test_evaluate_core_fast_equals_reference(tiny_tokenizer, tmp_path, monkeypatch):
+    write_bundle(tmp_path / "mirror" / "core")
+    monkeypatch.setenv("NANOCHAT_DATA_DIR", str(tmp_path / "mirror"))
+    model = random_gpt(tiny_tokenizer, 128)
+    reference = core_eval.evaluate_core(model, tiny_tokenizer, "cpu", max_per_task=4, fast=False, batch_size=1)
+    assert set(reference["tasks"]) == {"mc_task", "lm_task"}
+    assert core_eval.evaluate_core(model, tiny_tokenizer, "cpu", max_per_task=4) == {
+        "core": reference["core"],
+        "tasks": {label: dict(r, seconds=pytest.approx(r["seconds"], abs=1e9)) for label, r in reference["tasks"].items()}}
+    # each task as evaluate_task scores it on the first 4 items after the fixed shuffle
+    import random
+    tasks = load_core_tasks(str(tmp_path / "mirror" / "core"))
+    for task in tasks:
+        data = core_eval.load_task_data(str(tmp_path / "mirror" / "core"), task)
+        random.Random(core_eval.DATA_SHUFFLE_SEED).shuffle(data)
+        r = reference["tasks"][task["label"]]
+        assert r["items"] == 4
+        assert r["accuracy"] == evaluate_task(model, tiny_tokenizer, data, "cpu", task, max_items=4, fast=False)
+        assert r["centered"] == pytest.approx(centered_accuracy(r["accuracy"], task["random_baseline"]))
+    assert reference["core"] == pytest.approx(core_metric({k: r["centered"] for k, r in reference["tasks"].items()}))
+    only = core_eval.evaluate_core(model, tiny_tokenizer, "cpu", tasks=["lm_task"])
+    assert set(only["tasks"]) == {"lm_task"} and only["tasks"]["lm_task"]["items"] == len(LM_ITEMS)
+    with pytest.raises(ValueError, match="unknown CORE task.*choose from mc_task, lm_task"):
+        core_eval.evaluate_core(model, tiny_tokenizer, "cpu", tasks=["lm_task", "nope"])
+
+
+def test_base_eval_end_to_end(tiny_tokenizer, tmp_path, monkeypatch):
+    # base_eval as a subprocess on a tiny bundle and checkpoint: its results record must hold what
+    # evaluate_core computes in-process, under a name that says which model and step it was
+    import subprocess
+    import sys
+    from nanochat.checkpoint_manager import save_checkpoint
+
+    base, mirror = tmp_path / "base", tmp_path / "mirror"
+    write_bundle(mirror / "core")
+    tiny_tokenizer.save(str(base / "tokenizer"))
+    model = random_gpt(tiny_tokenizer, 128)
+    config = {"model_config": model.config.__dict__}
+    save_checkpoint(str(base / "base_checkpoints" / "d2"), 5, model.state_dict(), None, dict(config, step=5))
+    save_checkpoint(str(base / "chat_checkpoints" / "d2"), 7, model.state_dict(), None, dict(config, step=7))
+    env = dict(os.environ, NANOCHAT_BASE_DIR=str(base), NANOCHAT_DATA_DIR=str(mirror), OMP_NUM_THREADS="1")
+
+    def base_eval(*flags):
+        return subprocess.run([sys.executable, "-m", "scripts.base_eval", "--device-type", "cpu", *flags],
+                              cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+                              timeout=600)
+
+    proc = base_eval("--max-per-task", "3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(base / "results" / "base_eval_d2_000005.json") as f:
+        record = json.load(f)
+    assert (record["stage"], record["source"], record["model_tag"], record["step"]) == ("base_eval", "base", "d2", 5)
+    monkeypatch.setenv("NANOCHAT_DATA_DIR", str(mirror))
+    expected = core_eval.evaluate_core(model, tiny_tokenizer, "cpu", max_per_task=3, fast=False, batch_size=1)
+    assert record["metrics"] == pytest.approx(
+        {"CORE": expected["core"], **{label: r["centered"] for label, r in expected["tasks"].items()}})
+    assert record["extra"]["tasks"]["mc_task"]["items"] == 3 and record["config"]["max_per_task"] == 3
+
+    proc = base_eval("-i", "sft", "-a", "lm_task")  # another stage's checkpoint: its own record
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(base / "results" / "base_eval_sft_d2_000007.json") as f:
+        sft = json.load(f)
+    assert set(sft["metrics"]) == {"CORE", "lm_task"} and (sft["source"], sft["step"]) == ("sft", 7)
+    proc = base_eval("-a", "lm_task,nope")
+    assert proc.returncode != 0 and "unknown CORE task" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow  # two more interpreters importing torch
+def test_base_eval_bad_flags_give_clear_errors(tmp_path):
+    import subprocess
+    import sys
+    env = dict(os.environ, NANOCHAT_BASE_DIR=str(tmp_path / "base"), NANOCHAT_DATA_DIR=str(tmp_path / "mirror"))
+    write_bundle(tmp_path / "mirror" / "core")
+    for flags, message in ((("--max-per-task", "0"), "--max-per-task"), (("-i", "rl"), "cannot load the rl model")):
+        proc = subprocess.run([sys.executable, "-m", "scripts.base_eval", "--device-type", "cpu", *flags],
+                              cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
 @pytest.mark.skipif(not REAL_CORE.is_dir(), reason="the data mirror ../shared/data is not present")
 def test_real_bundle_lists_22_tasks_with_baselines():
     tasks = load_core_tasks(str(REAL_CORE))
     assert len(tasks) == 22 and len({t["label"] for t in tasks}) == 22
     baselines = core_eval.load_baselines(str(REAL_CORE))
     for t in tasks:
-        assert t["label"] in baselines and 0.0 <= t["random_baseline"] < 100.0
+        assert t["label"] in baselines and 0.0 <= t["random_baseline"] < 1.0  # fractions
         assert (REAL_CORE / "eval_data" / t["dataset_uri"]).is_file()
     assert sum(t["task_type"] == "schema" for t in tasks) == 2
     yaml = pytest.importorskip("yaml")

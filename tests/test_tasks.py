@@ -144,6 +144,7 @@ def test_render_mc():
 def test_arc(mirror, tiny_tokenizer):
     task = ARC("ARC-Challenge", "validation")
     assert task.eval_type == "categorical" and len(task) == len(ARC_ROWS)
+    assert task.baseline == 0.25  # ChatCORE's random baseline, a fraction
     for row, conversation in zip(ARC_ROWS, task):
         check_renders(tiny_tokenizer, conversation)
         user, assistant = conversation["messages"]
@@ -160,7 +161,7 @@ def test_arc(mirror, tiny_tokenizer):
 
 def test_mmlu(mirror, tiny_tokenizer):
     task = MMLU("all", "test")
-    assert task.eval_type == "categorical" and len(task) == 3
+    assert task.eval_type == "categorical" and len(task) == 3 and task.baseline == 0.25
     for row, conversation in zip(MMLU_ROWS, task):
         check_renders(tiny_tokenizer, conversation)
         assert conversation["letters"] == ["A", "B", "C", "D"]
@@ -188,7 +189,7 @@ def safe_eval(expression):
 
 def test_gsm8k_tool_calls(mirror, tiny_tokenizer):
     task = GSM8K("main", "train")
-    assert task.eval_type == "generative" and len(task) == 3
+    assert task.eval_type == "generative" and len(task) == 3 and task.baseline == 0.0
     for row, conversation in zip(GSM8K_ROWS, task):
         check_renders(tiny_tokenizer, conversation)
         parts = conversation["messages"][1]["content"]
