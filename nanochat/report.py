@@ -380,7 +380,7 @@ def summary_table(latest):
     for column in SUMMARY_COLUMNS:
         records = [find_record(latest, "chat_eval", column.lower())]
         if column == "BASE":
-            records.append(find_record(latest, "base_eval"))
+            records.append(find_record(latest, "base_eval", "base"))
         for record in records:
             for metric, value in ((record or {}).get("metrics") or {}).items():
                 if metric in SUMMARY_ROWS and _is_number(value):
