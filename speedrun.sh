@@ -1,0 +1,210 @@
+#!/usr/bin/env bash
+# The reference nanochat run: a fresh 8xH100 node to a d20 chat model, report.md and the web UI.
+# About 4 hours of the node (~$100 at ~$24/hour for 8xH100); the per-stage costs are below. These are
+# estimates from the original nanochat on that hardware: this repository has not been timed on one yet.
+#
+#   bash speedrun.sh                                   # every stage, on all visible GPUs
+#   screen -L -Logfile speedrun.log -S speedrun bash speedrun.sh   # the same, surviving a dropped ssh
+#   RUN_RL=0 bash speedrun.sh                          # stop after SFT (RL is ~1 hour more)
+#   WANDB_RUN=d20 bash speedrun.sh                     # log the training stages to wandb (`wandb login` first)
+#   SPEEDRUN_TINY=1 NANOCHAT_DATA_DIR=... bash speedrun.sh   # every stage at toy size, CPU, 2 processes (CI)
+#
+# Environment
+#   NANOCHAT_BASE_DIR   artifacts: tokenizer, checkpoints, results, report (default ~/.cache/nanochat)
+#   NANOCHAT_DATA_DIR   an offline data mirror (README "Data, offline"): nothing is downloaded
+#   NPROC               processes per torchrun (default: every GPU nvidia-smi lists; 2 in tiny mode)
+#   WANDB_RUN           wandb run name (default "dummy": no wandb)
+#   RUN_RL              1 (default) runs RL on GSM8K and its eval; 0 skips them
+#   FORCE               1 redoes every stage
+#   NANOCHAT_GPU_PRICE  dollars per GPU-hour, for the cost line of the report
+#
+# Stages and re-runs. Each stage that succeeds leaves <base dir>/speedrun/<stage>.done holding its
+# command line; a re-run skips a stage whose marker holds the same command, and runs it (and, since
+# their inputs changed, every stage after it) otherwise. The first failing stage stops the script
+# with its name; each stage's output is kept in <base dir>/speedrun/<stage>.log.
+# The report's clock starts at the first run's `report reset` (a re-run keeps it, FORCE=1 restarts it).
+set -euo pipefail
+CALLER_DIR=$PWD  # gets the copy of report.md
+cd "$(dirname "$0")"
+
+TINY=${SPEEDRUN_TINY:-0}
+RUN_RL=${RUN_RL:-1}
+WANDB_RUN=${WANDB_RUN:-dummy}
+export NANOCHAT_BASE_DIR=${NANOCHAT_BASE_DIR:-$HOME/.cache/nanochat}
+export OMP_NUM_THREADS=1  # torchrun starts one process per GPU (or per core in tiny mode): no oversubscription
+mkdir -p "$NANOCHAT_BASE_DIR/speedrun"
+
+# -----------------------------------------------------------------------------
+# set-up (~2 minutes on a fresh node): uv, a Rust toolchain for the tokenizer, the virtual environment
+
+if ! command -v uv >/dev/null; then
+    python3 -m pip install --user uv  # from PyPI
+    export PATH="$HOME/.local/bin:$PATH"
+fi
+if [[ ! -d .venv || $TINY != 1 ]]; then  # tiny mode (CI) reuses the project's environment as it is
+    if ! command -v cargo >/dev/null; then  # rustbpe is built from source by `uv sync`
+        curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y
+        source "$HOME/.cargo/env"
+    fi
+    uv sync
+fi
+source .venv/bin/activate
+
+if [[ $TINY == 1 ]]; then
+    NPROC=${NPROC:-2}
+    DEVICE=(--device-type=cpu)
+else
+    NPROC=${NPROC:-$(nvidia-smi -L 2>/dev/null | wc -l)}
+    DEVICE=(--device-type=cuda)
+    if [[ $NPROC -lt 1 ]]; then
+        echo "speedrun: no GPU found (nvidia-smi -L lists none). Use runcpu.sh on a CPU machine, or SPEEDRUN_TINY=1." >&2
+        exit 1
+    fi
+fi
+TORCHRUN=(torchrun --standalone --nproc_per_node="$NPROC")
+
+redo=${FORCE:-0}
+stage() {  # stage NAME OUTPUT COMMAND...: run COMMAND unless it already succeeded (see the top)
+    # OUTPUT ("-": none) is the folder or file the stage makes: a skip needs it to exist, and a redo
+    # deletes it first, so that no checkpoint of an earlier run (a later step) is picked up downstream.
+    local name=$1 output=$2; shift 2
+    local marker="$NANOCHAT_BASE_DIR/speedrun/$name.done" log="$NANOCHAT_BASE_DIR/speedrun/$name.log"
+    local cmd; cmd=$(printf '%q ' "$@")
+    if [[ $redo != 1 && -f $marker && "$(cat "$marker")" == "$cmd" && ( $output == - || -e $output ) ]]; then
+        echo "[speedrun] $name: done before, skipped (FORCE=1 redoes it)"
+        return
+    fi
+    redo=1
+    rm -f "$marker"
+    [[ $output == - ]] || rm -rf "$output"
+    echo "[speedrun] $name: $cmd"
+    local t0=$SECONDS
+    if "$@" 2>&1 | tee "$log"; then
+        echo "$cmd" > "$marker"
+        echo "[speedrun] $name: done in $((SECONDS - t0))s"
+    else
+        local rc=${PIPESTATUS[0]}
+        echo "[speedrun] FAILED at stage $name (exit status $rc); its output is in $log" >&2
+        exit 1
+    fi
+}
+
+# -----------------------------------------------------------------------------
+# settings: the reference run, and the tiny one that proves this script on a CPU
+
+DEPTH=20
+if [[ $TINY == 1 ]]; then
+    DEPTH=2
+    TOK=(--max-chars=2000000 --vocab-size=1024)
+    TOK_EVAL=(--val-docs=50 --reference-timeout=2)
+    BASE=(--depth=2 --max-seq-len=128 --device-batch-size=4 --total-batch-size=1024 --num-iterations=10
+          --eval-every=-1 --eval-tokens=2048 --sample-every=-1)
+    BASE_LOSS=(--device-batch-size=4 --split-tokens=2048 --max-tokens=8)
+    CORE=(--max-per-task=4)
+    MID=(--num-iterations=4 --device-batch-size=2 --total-batch-size=512 --eval-every=-1 --eval-tokens=1024
+         --identity-size=20 --spelling-size=20)
+    SFT=(--num-iterations=4 --device-batch-size=2 --total-batch-size=4 --chat-size=20 --identity-size=20
+         --spelling-size=10 --eval-every=-1 --eval-rows=4 --eval-tasks=ARC-Easy --eval-metrics-every=-1
+         --eval-metrics-max-items=2)
+    RL=(--questions-per-step=2 --num-samples=2 --max-new-tokens=16 --device-batch-size=2 --num-iterations=2
+        --eval-every=-1 --eval-examples=2 --eval-samples=2 --save-every=-1 --log-samples=-1)
+    CHAT_EVAL=(--max-per-task=4 --max-new-tokens=16 --batch-size=4)
+else
+    TOK=(--max-chars=2000000000)      # 2B characters of the first shards, vocab 32768
+    TOK_EVAL=(--val-docs=1000)
+    BASE=(--depth=$DEPTH --run="$WANDB_RUN")   # Chinchilla horizon: 20 tokens per parameter
+    BASE_LOSS=(--device-batch-size=32)
+    CORE=()                           # all 22 tasks, every item
+    MID=(--run="$WANDB_RUN")
+    SFT=(--run="$WANDB_RUN")
+    RL=(--run="$WANDB_RUN")
+    CHAT_EVAL=(--max-new-tokens=512)  # every item of every task
+fi
+TAG=d$DEPTH  # the run folder of every training stage: base_checkpoints/$TAG, mid_checkpoints/$TAG, ...
+
+# -----------------------------------------------------------------------------
+# the report's clock and header (GPUs, commit, code size)
+
+stage report_reset "$NANOCHAT_BASE_DIR/report/header.json" python -m nanochat.report reset
+
+# -----------------------------------------------------------------------------
+# pretraining data: the first shards now (the tokenizer needs ~2B characters), the rest in the
+# background while the tokenizer trains. A mirror (NANOCHAT_DATA_DIR) needs no download.
+
+DOWNLOAD_PID=
+if [[ -z ${NANOCHAT_DATA_DIR:-} ]]; then
+    # Shards for the Chinchilla horizon of base_train: 20 tokens per parameter. The parameter count
+    # is the model's own (the width base_train derives from --depth, a vocab of 32768); a FineWeb-Edu
+    # shard holds ~250M characters and a 32768 vocab gives ~4.6 characters per token; BOS-aligned
+    # packing drops the cropped ends of documents, so take 30% more (dev/LOG.md: measure at scale).
+    NUM_SHARDS=$(python - "$DEPTH" <<'EOF'
+import math, sys, torch
+from nanochat.gpt import GPT, GPTConfig
+depth = int(sys.argv[1])
+n_embd = -(-depth * 64 // 128) * 128  # as scripts/base_train.py: depth x 64, rounded up to heads of 128
+with torch.device("meta"):
+    params = GPT(GPTConfig(sequence_len=2048, vocab_size=32768, n_layer=depth, n_head=n_embd // 128,
+                           n_kv_head=n_embd // 128, n_embd=n_embd)).num_params()
+chars = 20 * params * 4.6 * 1.3
+print(min(1823, math.ceil(chars / 250e6) + 1))  # + the validation shard; 1823 shards exist
+EOF
+)
+    echo "[speedrun] d$DEPTH needs $NUM_SHARDS shards (~100 MB each)"
+    stage data_first - python -m nanochat.dataset -n 8
+    python -m nanochat.dataset -n "$NUM_SHARDS" > "$NANOCHAT_BASE_DIR/speedrun/data_rest.log" 2>&1 &
+    DOWNLOAD_PID=$!
+fi
+
+# -----------------------------------------------------------------------------
+# tokenizer (~2 minutes, CPU): BPE on 2B characters; eval prints bytes/token vs GPT-2 and GPT-4
+# (look for ~4.6 bytes/token on the validation shard, close to GPT-4's on English text)
+
+stage tok_train "$NANOCHAT_BASE_DIR/tokenizer" python -m scripts.tok_train "${TOK[@]}"
+stage tok_eval - python -m scripts.tok_eval "${TOK_EVAL[@]}"
+
+# -----------------------------------------------------------------------------
+# base model (the bulk: ~3 hours on 8xH100, not measured here): d20 = width 1280, 477M parameters,
+# 9.5B tokens (20 per parameter). Watch MFU in the step lines and val bpb falling in
+# <base dir>/base_checkpoints/d20/loss.svg.
+
+if [[ -n $DOWNLOAD_PID ]]; then
+    echo "[speedrun] waiting for the pretraining shards (log: $NANOCHAT_BASE_DIR/speedrun/data_rest.log)"
+    wait "$DOWNLOAD_PID" || { echo "[speedrun] FAILED at stage data_rest; see its log" >&2; exit 1; }
+fi
+stage base_train "$NANOCHAT_BASE_DIR/base_checkpoints/$TAG" "${TORCHRUN[@]}" -m scripts.base_train -- "${BASE[@]}" "${DEVICE[@]}"
+# bits per byte on train and val (they should be close: no overfitting at 20 tokens/param) + samples
+stage base_loss - "${TORCHRUN[@]}" -m scripts.base_loss -- --model-tag="$TAG" "${BASE_LOSS[@]}" "${DEVICE[@]}"
+# CORE (22 in-context tasks, every item): GPT-2 (1.5B) scores ~0.26 on the DCLM bundle
+stage base_eval - "${TORCHRUN[@]}" -m scripts.base_eval -- --model-tag="$TAG" "${CORE[@]}" "${DEVICE[@]}"
+
+# -----------------------------------------------------------------------------
+# mid-training (~10 minutes): conversations, identity, multiple choice, tool use; then its eval
+
+stage mid_train "$NANOCHAT_BASE_DIR/mid_checkpoints/$TAG" "${TORCHRUN[@]}" -m scripts.mid_train -- --model-tag="$TAG" "${MID[@]}" "${DEVICE[@]}"
+stage chat_eval_mid - "${TORCHRUN[@]}" -m scripts.chat_eval -- -i mid --model-tag="$TAG" "${CHAT_EVAL[@]}" "${DEVICE[@]}"
+
+# -----------------------------------------------------------------------------
+# SFT (~10 minutes): one pass over the curated chat mixture; then its eval (ChatCORE should rise)
+
+stage chat_sft "$NANOCHAT_BASE_DIR/chat_checkpoints/$TAG" "${TORCHRUN[@]}" -m scripts.chat_sft -- --model-tag="$TAG" "${SFT[@]}" "${DEVICE[@]}"
+stage chat_eval_sft - "${TORCHRUN[@]}" -m scripts.chat_eval -- -i sft --model-tag="$TAG" "${CHAT_EVAL[@]}" "${DEVICE[@]}"
+
+# -----------------------------------------------------------------------------
+# RL on GSM8K (~1 hour): watch pass@1 in rl_checkpoints/d20/loss.svg; then its eval (GSM8K rises)
+
+FINAL=sft
+if [[ $RUN_RL == 1 ]]; then
+    stage chat_rl "$NANOCHAT_BASE_DIR/rl_checkpoints/$TAG" "${TORCHRUN[@]}" -m scripts.chat_rl -- --model-tag="$TAG" "${RL[@]}" "${DEVICE[@]}"
+    stage chat_eval_rl - "${TORCHRUN[@]}" -m scripts.chat_eval -- -i rl --model-tag="$TAG" "${CHAT_EVAL[@]}" "${DEVICE[@]}"
+    FINAL=rl
+fi
+
+# -----------------------------------------------------------------------------
+# the report (always rewritten): report.md and report_files/ in <base dir>/report/ and where you ran this
+
+python -m nanochat.report generate --copy-to "$CALLER_DIR"
+echo
+echo "[speedrun] finished: report.md. Talk to the model:"
+if [[ $TINY == 1 ]]; then SERVE=(--device-type cpu); else SERVE=(--num-gpus "$NPROC"); fi
+echo "    source .venv/bin/activate && python -m scripts.chat_web -i $FINAL --model-tag $TAG ${SERVE[*]} --host 0.0.0.0"
+echo "  then open http://<this machine>:8000 (add --api-key to keep strangers out)"
