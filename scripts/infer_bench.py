@@ -23,6 +23,10 @@ requested tokens. tok/s counts new tokens of all sequences; times include prefil
 Every competitor runs once per round, rounds interleaved (the machine is shared); medians of
 --runs rounds are reported. Ours first runs a warm-up round.
 
+On a shared, oversubscribed CPU set OMP_WAIT_POLICY=PASSIVE: by default OpenMP's idle worker
+threads spin after every parallel region and take the CPU from the thread doing the work; on the
+2-core dev box at load ~10, 2 threads, our batch-1 decode ran at 7.6 tok/s without it and 47 with.
+
     uv run python -m scripts.infer_bench --quick          # while developing
     uv run python -m scripts.infer_bench                  # the run recorded in dev/LOG.md
     NANOCHAT_DATA_DIR=/work/shared/data uv run python -m scripts.infer_bench --core
@@ -34,6 +38,7 @@ The last line is one JSON object with the headline numbers.
 import argparse
 import json
 import math
+import os
 import statistics
 import time
 
@@ -74,7 +79,8 @@ samples = [int(s) for s in args.samples.split(",") if s]
 lo_len, hi_len = (int(x) for x in args.cb_prompt_lens.split(","))
 torch.set_num_threads(args.threads)
 torch.manual_seed(0)
-print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, args: {vars(args)}")
+print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+      f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}, args: {vars(args)}")
 
 
 class BenchTokenizer:
@@ -221,8 +227,6 @@ if not args.skip_cb:
 
 summary["core20_speedup"] = None
 if args.core:
-    import os
-
     from nanochat import core_eval
     from nanochat.tokenizer import get_tokenizer
 
