@@ -29,13 +29,14 @@ pad positions are <|bos|> in the inputs and -1 in the targets. A row may hold no
 Exact resume. The state after a batch says where the next row comes from:
     packed: {"epoch": e, "pool": p, "rows": r, ...}   r rows of pool p were used
     padded: {"epoch": e, "index": i, ...}             i items of this rank's share were used
-plus the world size, item count and pool size, which a resume must match (else ValueError). A loader
-started with resume_state yields exactly the batches the uninterrupted loader yields after it.
+plus the world size, item count, seed and pool size, which a resume must match (else ValueError).
+A loader started with resume_state yields exactly the batches the uninterrupted loader yields after it.
 NOT covered: the task must give the same items as before (same data files, same tokenizer).
 
 Validation (load_val_batches): a rank's share is read once, in the task's own order (no shuffle, no
-second epoch), so no item is scored twice; when it holds fewer batches than asked, the batches there
-are are returned and a log line says so.
+second epoch), so no item is scored twice; when it holds fewer batches than asked, those are
+returned and a log line says so. Ranks may hold different numbers of batches: the evaluation sums
+over all ranks with a single all-reduce at the end.
 
 Tests: uv run pytest tests/test_chat_data.py
 """
