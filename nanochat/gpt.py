@@ -28,7 +28,7 @@ Initialisation (init_weights):
 Precision: the parameters are fp32. bf16 autocast and torch.compile on CUDA are the caller's
 choice (base_train wraps the forward in autocast); on CPU and MPS everything runs in fp32.
 
-Inference passes a KVCache (nanochat/engine.py) whose rows each have their own length: the new
+Inference passes a KVCache (nanochat/kv_cache.py) whose rows each have their own length: the new
 tokens of row b go to positions lengths[b].., the rotary tables are sliced (rows at one position)
 or gathered per row, and each query attends only to its row's filled keys (a boolean mask when
 the rows differ). `forward_last` is the engine's step: logits at each row's last real token only,

@@ -26,6 +26,7 @@ import torch
 from nanochat import core_eval
 from nanochat.checkpoint_manager import SOURCE_DIRS, CheckpointError, find_largest_model, latest_step, load_model
 from nanochat.common import compute_cleanup, compute_init, get_base_dir, print0
+from nanochat.core_bundle import load_core_tasks
 from nanochat.runlog import save_results
 
 parser = argparse.ArgumentParser(description="Evaluate a checkpoint on the CORE metric.")
@@ -70,7 +71,7 @@ device, master = info.device, info.master
 autocast = torch.amp.autocast(device_type="cuda", dtype=torch.bfloat16) if info.device_type == "cuda" else nullcontext()
 try:
     bundle_dir = core_eval.prepare_core_bundle()
-    all_tasks = core_eval.load_core_tasks(bundle_dir)
+    all_tasks = load_core_tasks(bundle_dir)
 except (OSError, RuntimeError, ValueError) as e:
     fail(e)
 try:

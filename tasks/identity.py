@@ -212,7 +212,7 @@ def listing(items):
 
 def calculator_exchange(rng, spec):
     """A user asks for arithmetic; the answer calls the python calculator and reads its output."""
-    from nanochat.engine import use_calculator  # the engine's own tool: the output text is what it would force
+    from nanochat.calculator import use_calculator  # the engine's own tool: the output text is what it would force
 
     a, b = rng.randrange(12, 10000), rng.randrange(2, 1000)
     op = rng.choice(("+", "-", "*"))

@@ -12,7 +12,9 @@ import time
 import pytest
 import torch
 
-from nanochat.engine import Engine, sample_next_token, use_calculator
+from nanochat.calculator import use_calculator
+from nanochat.engine import Engine
+from nanochat.sampling import sample_next_token
 from nanochat.gpt import GPT, GPTConfig
 
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import nanochat.gpt as gpt_module
-from nanochat.engine import KVCache
+from nanochat.kv_cache import KVCache
 from nanochat.gpt import GPT, GPTConfig, SoftcapCrossEntropy, apply_rotary_emb, softcap_cross_entropy_reference
 
 

@@ -93,7 +93,7 @@ def test_answers_carry_the_name_and_maker():
 
 
 def test_calculator_turns_call_the_tool_and_show_its_output(tiny_tokenizer):
-    from nanochat.engine import use_calculator
+    from nanochat.calculator import use_calculator
     seen = 0
     for conversation in Identity(size=800, seed=11):
         for message, topic in zip(conversation["messages"][1::2], conversation["topics"]):
