@@ -409,11 +409,6 @@ while True:
     for opt in optimizers:
         opt.step()
     model.zero_grad(set_to_none=True)
-    with torch.no_grad():
-        # nanochat.optim's fused AdamW kernel updates the weights without bumping their version
-        # counters, and GPT._head keys its cached copy of the head (one-row decoding on CPU) on
-        # that counter: without this bump the engine would keep sampling from the old head
-        model.lm_head.weight.mul_(1.0)
     train_loss, stopping = stop.reduce(loss_sum * world_size, device)  # mean over ranks of world x part = the loss
     if device_type == "cuda":
         torch.cuda.synchronize()

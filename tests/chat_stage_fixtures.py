@@ -163,6 +163,16 @@ def stage_env(base_dir, data_dir):
     return env
 
 
+def with_tag(env, tag):
+    """--model-tag=<tag> for the tiny base checkpoint "d1" linked under another tag: each run gets
+    its own run folder from the same source model."""
+    src = os.path.join(env["NANOCHAT_BASE_DIR"], SOURCE_DIRS["base"], "d1")
+    dst = os.path.join(env["NANOCHAT_BASE_DIR"], SOURCE_DIRS["base"], tag)
+    if not os.path.exists(dst):
+        os.symlink(src, dst)
+    return f"--model-tag={tag}"
+
+
 def stage_cmd(module, flags, nproc=1):
     if nproc == 1:
         return [sys.executable, "-m", module, *flags]

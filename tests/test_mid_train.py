@@ -18,7 +18,7 @@ import os
 import pytest
 
 from chat_stage_fixtures import check_preempted_then_killed_run_resumes, make_base_dir, read_log, run_stage, \
-    run_stages_at_once, stage_env, write_mirror
+    run_stages_at_once, stage_env, with_tag, write_mirror
 from nanochat.checkpoint_manager import SOURCE_DIRS, load_model
 
 MODULE = "scripts.mid_train"
@@ -35,15 +35,6 @@ def env(tmp_path_factory, tiny_tokenizer):
 
 def run_dir(env, tag):
     return os.path.join(env["NANOCHAT_BASE_DIR"], SOURCE_DIRS["mid"], tag)
-
-
-def with_tag(env, tag):
-    """The same tiny base checkpoint under another model tag (each run gets its own run folder)."""
-    src = os.path.join(env["NANOCHAT_BASE_DIR"], SOURCE_DIRS["base"], "d1")
-    dst = os.path.join(env["NANOCHAT_BASE_DIR"], SOURCE_DIRS["base"], tag)
-    if not os.path.exists(dst):
-        os.symlink(src, dst)
-    return f"--model-tag={tag}"
 
 
 @pytest.fixture(scope="module")
