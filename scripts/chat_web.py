@@ -51,6 +51,7 @@ API key (--api-key or $NANOCHAT_API_KEY): every route except /health and the UI 
 NOT covered: TLS (put a reverse proxy in front when --host exposes the server), per-user quotas,
 and timing side channels beyond the constant-time key comparison.
 
+Request validation and error bodies: nanochat/chat_api.py.
 Tests: tests/test_chat_web.py (API, limits, auth, batching, disconnects), tests/test_chat_ui.py.
 """
 
@@ -58,7 +59,6 @@ import argparse
 import asyncio
 import hmac
 import json
-import math
 import os
 import threading
 import time
@@ -71,6 +71,8 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from nanochat.chat_api import MAX_BODY_BYTES, MAX_TOKENS_LIMIT, MAX_TOP_K, RETRY_AFTER_S, ApiError, error_response, \
+    parse_chat_request
 from nanochat.checkpoint_manager import SOURCE_DIRS, CheckpointError, find_largest_model, load_model
 from nanochat.common import compute_init, get_base_dir, logger, setup_logging
 from nanochat.engine import Engine, SamplingParams, render_chat_prompt
@@ -99,16 +101,6 @@ parser.add_argument("--device-type", default="", choices=["", "cuda", "mps", "cp
 parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"], help="autocast dtype on CUDA")
 args = parser.parse_args()
 
-# request limits (see the docstring); the body limit leaves room for JSON escapes of 32,000 characters
-MAX_MESSAGES = 500
-MAX_MESSAGE_CHARS = 8_000
-MAX_CONVERSATION_CHARS = 32_000
-MAX_BODY_BYTES = 1 << 20
-MAX_TOKENS_LIMIT = 4096
-MAX_N = 8
-MAX_STOP = 4
-MAX_TOP_K = 200
-RETRY_AFTER_S = 2
 
 for flag, value, lo, hi in (("--port", args.port, 0, 65535), ("--num-gpus", args.num_gpus, 1, 64),
                             ("--num-slots", args.num_slots, 1, 4096), ("--max-queue", args.max_queue, 0, 1 << 20),
@@ -119,169 +111,6 @@ if not 0.0 <= args.temperature <= 2.0:
     parser.error(f"--temperature must be in [0, 2], got {args.temperature}")
 if args.api_key is not None and not args.api_key.strip():
     parser.error("--api-key is empty; pass a key or leave it (and NANOCHAT_API_KEY) unset")
-
-# -----------------------------------------------------------------------------
-# request validation: body -> (messages, SamplingParams, stream options), or an ApiError
-
-
-class ApiError(Exception):
-    """A request the server refuses; becomes {"error": {...}} with this status."""
-
-    def __init__(self, status, message, param=None, code=None, type="invalid_request_error", headers=None):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
-        self.headers = headers
-
-
-def error_response(status, message, param=None, code=None, type="invalid_request_error", headers=None):
-    body = {"error": {"message": message, "type": type, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
-def _typename(value):
-    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(value), type(value).__name__)
-
-
-def _number(body, name, lo, hi, lo_open=False):
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ApiError(400, f"'{name}' must be a number, got {_typename(value)} {json.dumps(value)[:40]}", name)
-    if value < lo or value > hi or (lo_open and value == lo):
-        span = f"({lo}, {hi}]" if lo_open else f"[{lo}, {hi}]"
-        raise ApiError(400, f"'{name}' must be in {span}, got {value}", name)
-    return float(value)
-
-
-def _integer(body, name, lo, hi):
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ApiError(400, f"'{name}' must be an integer, got {_typename(value)} {json.dumps(value)[:40]}", name)
-    if not lo <= value <= hi:
-        raise ApiError(400, f"'{name}' must be in [{lo}, {hi}], got {value}", name)
-    return value
-
-
-def _content(message, i, role):
-    """A message's content -> str (user/system) or a list of tokenizer parts (assistant)."""
-    param = f"messages[{i}].content"
-    content = message.get("content")
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        raise ApiError(400, f"{param} must be a string or an array of content parts, got {_typename(content)}", param)
-    allowed = ("text", "python", "python_output") if role == "assistant" else ("text",)
-    parts = []
-    for j, part in enumerate(content):
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind not in allowed:
-            raise ApiError(400, f"{param}[{j}] has type {kind!r}; {role} content parts must be one of "
-                                f"{', '.join(allowed)} (this model reads text only)", f"{param}[{j}].type")
-        if not isinstance(part.get("text"), str):
-            raise ApiError(400, f"{param}[{j}].text must be a string", f"{param}[{j}].text")
-        parts.append({"type": kind, "text": part["text"]})
-    if role != "assistant":
-        return "".join(p["text"] for p in parts)
-    return parts
-
-
-def parse_chat_request(body):
-    """Check a Chat Completions body against the limits; returns (messages, sampling dict, stream, include_usage)."""
-    if not isinstance(body, dict):
-        raise ApiError(400, f"the request body must be a JSON object, got {_typename(body)}")
-    for name, off in (("tools", None), ("functions", None), ("logit_bias", None), ("logprobs", False),
-                      ("top_logprobs", None), ("presence_penalty", 0), ("frequency_penalty", 0)):
-        value = body.get(name)
-        if value not in (None, off, [], {}, 0):
-            raise ApiError(400, f"'{name}' is not supported by this server; leave it out", name, "unsupported_parameter")
-    fmt = body.get("response_format")
-    if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
-        raise ApiError(400, "only response_format {'type': 'text'} is supported", "response_format", "unsupported_parameter")
-    if body.get("model") is not None and not isinstance(body["model"], str):
-        raise ApiError(400, f"'model' must be a string, got {_typename(body['model'])}", "model")
-
-    # messages
-    messages = body.get("messages")
-    if messages is None:
-        raise ApiError(400, "'messages' is required: a list of {'role', 'content'} objects", "messages")
-    if not isinstance(messages, list):
-        raise ApiError(400, f"'messages' must be an array, got {_typename(messages)}", "messages")
-    if not messages:
-        raise ApiError(400, "'messages' is empty; send at least one user message", "messages")
-    if len(messages) > MAX_MESSAGES:
-        raise ApiError(400, f"too many messages: {len(messages)}, at most {MAX_MESSAGES}; start a new chat", "messages")
-    out, total = [], 0
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict):
-            raise ApiError(400, f"messages[{i}] must be an object with 'role' and 'content', got {_typename(m)}", f"messages[{i}]")
-        role = m.get("role")
-        if role in ("system", "developer"):
-            if i != 0:
-                raise ApiError(400, f"messages[{i}] is a {role} message; only the first message may be one", f"messages[{i}].role")
-            role = "system"
-        elif role not in ("user", "assistant"):
-            hint = " (this server has no function calling)" if role in ("tool", "function") else ""
-            raise ApiError(400, f"messages[{i}].role {role!r} is not supported{hint}; use system, user or assistant",
-                           f"messages[{i}].role")
-        content = _content(m, i, role)
-        chars = len(content) if isinstance(content, str) else sum(len(p["text"]) for p in content)
-        if chars > MAX_MESSAGE_CHARS:
-            raise ApiError(400, f"messages[{i}] is {chars} characters long, at most {MAX_MESSAGE_CHARS}",
-                           f"messages[{i}].content", "message_too_long")
-        total += chars
-        out.append({"role": role, "content": content})
-    if total > MAX_CONVERSATION_CHARS:
-        raise ApiError(400, f"the conversation is {total} characters long, at most {MAX_CONVERSATION_CHARS}; "
-                            "start a new chat or shorten it", "messages", "conversation_too_long")
-    turns = out[1:] if out[0]["role"] == "system" else out
-    for k, m in enumerate(turns):
-        expected = "user" if k % 2 == 0 else "assistant"
-        if m["role"] != expected:
-            i = k + (len(out) - len(turns))
-            raise ApiError(400, f"messages[{i}] has role {m['role']!r} where {expected!r} was expected: after an "
-                                "optional system message, roles alternate user, assistant, user, ...", f"messages[{i}].role")
-    if not turns:
-        raise ApiError(400, "the conversation has only a system message; add a user message", "messages")
-    if turns[-1]["role"] != "user":
-        raise ApiError(400, "the conversation must end with a user message (the model replies to it)",
-                       f"messages[{len(out) - 1}].role")
-
-    # sampling
-    temperature = _number(body, "temperature", 0.0, 2.0)
-    top_p = _number(body, "top_p", 0.0, 1.0, lo_open=True)
-    top_k = _integer(body, "top_k", 0, MAX_TOP_K)
-    max_tokens = _integer(body, "max_completion_tokens", 1, MAX_TOKENS_LIMIT)
-    if max_tokens is None:
-        max_tokens = _integer(body, "max_tokens", 1, MAX_TOKENS_LIMIT)
-    n = _integer(body, "n", 1, MAX_N)
-    seed = _integer(body, "seed", -(1 << 63), (1 << 64) - 1)
-    stop = body.get("stop")
-    if isinstance(stop, str):
-        stop = [stop]
-    if stop is None:
-        stop = []
-    if not isinstance(stop, list) or len(stop) > MAX_STOP or not all(isinstance(s, str) and s for s in stop):
-        raise ApiError(400, f"'stop' must be a non-empty string or an array of at most {MAX_STOP} non-empty strings", "stop")
-    stream = body.get("stream", False)
-    if stream is None:
-        stream = False
-    if not isinstance(stream, bool):
-        raise ApiError(400, f"'stream' must be a boolean, got {_typename(stream)}", "stream")
-    options = body.get("stream_options") or {}
-    if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
-        raise ApiError(400, "'stream_options' must be an object like {'include_usage': true}", "stream_options")
-    sampling = dict(
-        max_tokens=max_tokens or args.max_tokens,
-        temperature=args.temperature if temperature is None else temperature,
-        top_k=(args.top_k if top_k is None else top_k) or None,
-        top_p=None if top_p in (None, 1.0) else top_p,
-        seed=seed, stop=tuple(stop), n=n or 1,
-    )
-    return out, sampling, stream, bool(options.get("include_usage", False))
-
 
 # -----------------------------------------------------------------------------
 # replicas: one engine per device, stepped by its own thread
@@ -591,7 +420,8 @@ class JobStream(StreamingResponse):
 
 @app.post("/v1/chat/completions")
 async def chat_completions(request: Request):
-    messages, sampling, stream, include_usage = parse_chat_request(await read_json(request))
+    messages, sampling, stream, include_usage = parse_chat_request(await read_json(request), args.max_tokens,
+                                                                   args.temperature, args.top_k)
     try:
         prompt = render_chat_prompt(tokenizer, messages)
     except ValueError as e:
