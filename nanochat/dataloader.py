@@ -127,16 +127,23 @@ def tokenizing_distributed_data_loader_with_state(tokenizer, B, T, split, packin
     def rows():
         """(row of T + 1 ids, state after it), forever."""
         nonlocal epoch, index, skip
+        rows_this_pass = 0  # a whole pass without one row would loop forever: it is an error instead
         while True:
             shard, row_group = mine[index]
             texts = _read_texts(paths[shard], row_group)
             docs = tokenizer.encode(texts, prepend=bos, num_threads=tokenizer_threads)
             for r, row in enumerate(pack(docs, T + 1), start=1):
+                rows_this_pass += 1
                 if r > skip:
                     yield row, {"epoch": epoch, "shard": shard, "row_group": row_group, "rows": r}
             skip = 0
             index += 1
             if index == len(mine):
+                if rows_this_pass == 0:
+                    raise ValueError(f"each of rank {rank}'s {len(mine)} row group(s) of the {split} split holds "
+                                     f"fewer than {T + 1} tokens, one row, so the split holds less than one batch "
+                                     f"of {B} x {T} tokens; lower the sequence length or add data")
+                rows_this_pass = 0
                 index, epoch = 0, epoch + 1
                 log.info(f"data loader ({split}, rank {rank}): read all {len(mine)} of its row groups; "
                          f"starting epoch {epoch}")

@@ -220,5 +220,15 @@ def test_eval_batches_read_each_token_once(corpus, tiny_tokenizer):
     assert short and 0 < len(batches) < 1000
     again, _ = dataloader.load_eval_batches(tiny_tokenizer, 1, 8, "val", len(batches), packing="concat")
     assert [torch.equal(a[0], b[0]) for a, b in zip(batches, again)] == [True] * len(batches)
-    with pytest.raises(ValueError, match="less than one batch"):
+    with pytest.raises(ValueError, match="less than one batch"):  # rows, but fewer than one batch in a pass
+        dataloader.load_eval_batches(tiny_tokenizer, 1000, 8, "val", 10, packing="concat")
+    with pytest.raises(ValueError, match="less than one batch"):  # not even one row: the loader itself says so
         dataloader.load_eval_batches(tiny_tokenizer, 64, 512, "val", 10, packing="concat")
+
+
+@pytest.mark.parametrize("packing", ["bos", "concat"])
+def test_a_split_shorter_than_one_row_is_an_error_not_a_hang(corpus, tiny_tokenizer, packing):
+    # every row group holds fewer tokens than one row: the loader used to re-read the split forever
+    loader = dataloader.tokenizing_distributed_data_loader(tiny_tokenizer, 1, 100_000, "train", packing=packing)
+    with pytest.raises(ValueError, match="fewer than 100001 tokens"):
+        next(loader)
