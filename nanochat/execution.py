@@ -5,444 +5,258 @@ A sandbox for running model-written Python (HumanEval completions, tool calls): 
     result = execute("print(1 + 1)", timeout=5.0, memory_limit_mb=256)
     result.success, result.stdout  # True, "2\\n"
 
-The parent never runs the code itself. Each call spawns a fresh interpreter (`sys.executable -I`,
-not a fork of the caller, so none of the caller's state, modules or open files leak in) that runs
-this very file as its entry point (`_child_main`), receives the code on stdin and reports a small
-JSON status on a private pipe. Whatever the child does (crash, hang, exhaust memory, exit early),
-the caller gets an `ExecutionResult` back.
+The caller never runs the code itself. Each call starts a fresh interpreter (`sys.executable -I`
+on nanochat/execution_child.py, not a fork of the caller: none of its state, modules or files leak
+in), which builds the walls below and runs the code in a process tree of its own; its layout
+(keeper, init, worker) is described in that file. execute() returns within `timeout` + GRACE
+seconds whatever the code does, and when it returns every process the code started has exited and
+everything the call created (cgroups, mounts, files) is gone.
 
-What is protected, outermost first:
-  * wall clock: the child runs in its own process group (new session); at the deadline, and after
-    every run, the whole group gets SIGKILL. RLIMIT_CPU also kills a busy child by itself.
-  * memory: RLIMIT_AS caps the child's address space; a big allocation raises MemoryError
-    (reported as `memory_exceeded`). Output files: RLIMIT_FSIZE; core dumps: RLIMIT_CORE = 0.
-  * processes: RLIMIT_NPROC (the user's current count + `max_processes`) bounds a fork bomb.
-  * network (Linux): the child enters a fresh network namespace (only a downed loopback), as root
-    directly or, unprivileged, inside a new user namespace. Always, in addition, socket creation
-    is replaced by a function that raises.
-  * privileges (Linux, when started as root): the child drops to the `nobody` user and keeps only
-    CAP_DAC_READ_SEARCH (so it can still read the interpreter and the standard library under a
-    private /root), with PR_SET_NO_NEW_PRIVS (no regaining privileges through setuid binaries).
-    It can then write only where `nobody` may: its private working directory and world-writable
-    folders; it cannot signal, delete or overwrite the caller's files or processes. RLIMIT_NPROC
-    is not enforced for root, so this drop is also what makes the process limit real as root.
-  * files: the working directory is a fresh temporary folder (also $HOME and $TMPDIR), removed
-    afterwards.
-  * destructive functions: os.system/kill/fork/exec*/spawn*/remove/unlink/rmdir/rename/putenv/
-    chmod/chown/setuid..., subprocess.*, shutil.rmtree/move/chown, socket.*, the builtins exit/
-    quit/help, and `import ctypes` raise PermissionError (or ImportError) inside the child.
+The walls (Linux, started as root; each one is named in `ExecutionResult.isolation`):
+  * pid_namespace: the code runs as pid 2 of a new PID namespace whose pid 1 is the sandbox's
+    init. When the code's main process ends, or at the deadline, init exits and the kernel SIGKILLs
+    every process left in the namespace (double forks and setsid included) before init counts as
+    exited; execute() waits for that. The code sees only its own processes (private /proc) and
+    can signal no process outside, so no run can see, signal or outlive into another run.
+  * mount_namespace, readonly_root: every mount the code inherits is read-only; /tmp and /dev/shm
+    are fresh tmpfs (size limited to the memory limit, charged to its cgroup) that vanish with the
+    namespace. The working directory ($HOME, $TMPDIR) is a folder in that /tmp. Nothing the code
+    writes reaches the host's filesystems.
+  * run_uid, no_new_privs: the code runs as a uid of its own (RUN_UID_BASE + the keeper's pid,
+    unique among live runs), keeping only CAP_DAC_READ_SEARCH (the interpreter may live under a
+    private /root), and cannot regain privileges through setuid binaries.
+  * rlimit_nproc: with its own uid, RLIMIT_NPROC counts this run's tree alone: the code can have
+    at most 1 + max_processes processes and threads, in every run (a fork bomb stops there).
+  * memory_cgroup (memory_limit_mb + 64 MB of room for the sandbox's own init, no swap) and
+    cpu_cgroup (one core): limits on the whole tree, a child of the caller's own cgroup of each
+    controller (cgroup v1, or v2 where the controller is delegated to it). An OOM kill sets
+    `memory_exceeded`. Per process, in addition: RLIMIT_AS (a big allocation raises MemoryError),
+    RLIMIT_CPU, RLIMIT_FSIZE (16 MB files), RLIMIT_CORE = 0.
+  * network_namespace, ipc_namespace: only a downed loopback; no shared SysV/POSIX IPC.
+  * Python-level guards (os.system/kill/fork/exec*/remove/rename..., subprocess, shutil.rmtree,
+    socket, exit/quit, `import ctypes`) raise inside the code. They are monkeypatches that code can
+    undo (`del sys.modules["ctypes"]` and re-import it): they turn honest mistakes into clean errors,
+    the kernel walls above are what contains determined code.
   * output: stdout and stderr are each capped at `max_output_bytes` (the rest is read and dropped).
 
-What it does NOT protect against:
-  * the Python-level guards are monkeypatches: code that wants to (e.g. `del sys.modules["ctypes"]`
-    then reimport it, or dig the originals out of `gc`) can undo every one of them. Only the
-    kernel-level limits above (rlimits, namespaces, the uid drop) are real walls, and which of them
-    applied depends on the platform and privileges: see `ExecutionResult.isolation`.
-  * not started as root: the child runs as the calling user, so determined code can do to that
-    user's files (and processes outside its group) whatever the user can. Root without
-    CAP_DAC_READ_SEARCH (e.g. a default Docker container) gets no uid drop either.
-  * without a network namespace (no root and no unprivileged user namespaces, or root without
-    CAP_SYS_ADMIN), determined code can reach the network.
-  * reading: the child can read every file the caller can (secrets included, e.g. the environment
-    is scrubbed but files are not hidden). Use a container or VM for untrusted, adversarial code.
-  * a process that escapes the process group (setsid through ctypes) survives the group kill; it
-    stays bound by the rlimits (CPU time, memory, process count), not by the wall clock.
-  * forged results: the status pipe lives in the child, so code can write a fake "success" to it.
-    Treat `success` as "the code ran to its end without an exception", not as proof.
-  * resource exhaustion below the limits: disk (up to RLIMIT_FSIZE per file in writable folders),
-    CPU (up to the timeout), and the shared `nobody` process count between concurrent sandboxes.
+Measured on this project's CI kind of machine (root in a VM, Linux 6.18, cgroup v1 memory and cpu),
+each of these escapes from the earlier sandbox is now closed, with a test in tests/test_execution.py:
+the workdir renamed away and a FIFO left at its path (the parent's clean-up hung forever: now
+nothing on the host to clean, 0.1 s); double-fork + setsid survivors (lived on, 4 more per run:
+now none after the call); a survivor SIGKILLing later runs (2 of 3 later runs killed: now 0);
+pipes held open by a survivor (execute(timeout=1) took 6.4 s: now 0.5 s); four 120 MB children
+under memory_limit_mb=200 (all ran: now 2 of 4 OOM-killed); /dev/shm files and flocks outliving the call.
+
+What it does NOT contain:
+  * reading: the code can read every file root can (CAP_DAC_READ_SEARCH), secrets included, for
+    the length of the call (read-only: it can also flock such a file until the call ends). The
+    environment is scrubbed, files are not hidden. Use a VM for code that must not read the host.
+  * forged results: the status is written by the code's own process, after the code ran, in the
+    same interpreter as any checks it contains. Code can write a fake "success" (os.write to the
+    status pipe, then os._exit), replace `assert`-bearing functions, patch builtins, or make the
+    checks of a HumanEval program pass without solving the task (for example by defining the
+    tested function to return objects whose `==` is always True). `success` means "the process
+    reported that the program, tests included, ran to its end without an exception"; a HumanEval
+    score is therefore the pass rate of a model that is not trying to game its tests, not proof.
+  * CPU and disk below the limits: one core for `timeout` seconds; tmpfs up to the memory limit.
+  * the kernel itself: a kernel bug reachable from an unprivileged process defeats every wall.
+
+Where a wall cannot be built (another OS; not root: then only the network is unshared, through a
+user namespace; a container without CAP_SYS_ADMIN; cgroup v2 without delegation), execute() raises
+SandboxUnavailable naming the missing walls of REQUIRED_WALLS and why, and runs nothing. Running
+without them is the caller's explicit choice: allow_weaker=True (or NANOCHAT_SANDBOX_ALLOW_WEAKER=1);
+the result then lists them in `missing`. Without a PID namespace, processes that leave the process
+group survive the call and the escapes above are open again.
 
 A cost of the guards: libraries that write os.environ while importing (numpy does) fail to import,
-since os.putenv is disabled. Tests: tests/test_execution.py. Running this file directly is the
-child's entry point; it is not a command-line tool.
+since os.putenv is disabled. Tests: tests/test_execution.py.
 """
 
-import builtins
 import json
-import math
 import os
-import shutil
+import select
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import threading
 import time
-import traceback
 from dataclasses import dataclass, field
 
-NOBODY_UID = NOBODY_GID = 65534
-MAX_FILE_BYTES = 16 * 1024 * 1024  # RLIMIT_FSIZE: the largest file the child may write
+from nanochat.execution_child import REQUIRED_WALLS
+
+CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "execution_child.py")
+ALLOW_WEAKER_ENV = "NANOCHAT_SANDBOX_ALLOW_WEAKER"  # "1": run even where some walls cannot be built
+GRACE = 2.0  # seconds past `timeout` for the sandbox's own start and teardown: execute() never takes longer
+DRAIN = 0.1  # after the sandbox is gone, how long to read output still in the pipes (weaker mode only)
+
+
+class SandboxUnavailable(RuntimeError):
+    """The walls listed in the message cannot be built here, and the caller did not allow running without them."""
 
 
 @dataclass
 class ExecutionResult:
-    success: bool            # the code ran to its end without an exception (see the module docstring)
+    success: bool            # the code ran to its end without an exception (forgeable: see the module docstring)
     stdout: str              # captured, at most max_output_bytes (UTF-8, undecodable bytes replaced)
     stderr: str
     error: str | None = None  # why it failed, in one line (None on success)
     timeout: bool = False     # killed at the wall-clock deadline
-    memory_exceeded: bool = False  # a MemoryError under the address-space limit
+    memory_exceeded: bool = False  # a MemoryError under the address-space limit, or the tree's cgroup OOM-killed
     output_truncated: bool = False  # stdout or stderr was longer than max_output_bytes
     isolation: list[str] = field(default_factory=list)  # the kernel-level walls that were in place
+    missing: list[str] = field(default_factory=list)    # required walls that were not (allow_weaker runs only)
 
 
-def execute(code, timeout=10.0, memory_limit_mb=256, max_output_bytes=64 * 1024, max_processes=16):
-    """Run `code` (a Python source string) in a fresh sandboxed interpreter; never raises for
-    anything the code does. timeout: wall-clock seconds. memory_limit_mb: address-space limit.
-    max_output_bytes: cap on each of stdout and stderr. max_processes: extra processes/threads the
-    child may create (a fork bomb stops there)."""
+def execute(code, timeout=10.0, memory_limit_mb=256, max_output_bytes=64 * 1024, max_processes=16,
+            allow_weaker=None):
+    """Run `code` (a Python source string) in a fresh sandbox and return within timeout + GRACE
+    seconds; never raises for anything the code does. timeout: wall-clock seconds. memory_limit_mb:
+    address-space limit per process and memory limit of the whole tree. max_output_bytes: cap on each
+    of stdout and stderr. max_processes: processes/threads the code may add (a fork bomb stops there).
+    allow_weaker: run even if some walls of REQUIRED_WALLS cannot be built here (they are listed in
+    result.missing); default: the NANOCHAT_SANDBOX_ALLOW_WEAKER=1 environment variable, else
+    SandboxUnavailable is raised naming the missing walls."""
     assert isinstance(code, str), f"code must be a str, got {type(code).__name__}"
     assert timeout > 0 and memory_limit_mb > 0 and max_output_bytes >= 0 and max_processes >= 0
-    workdir = tempfile.mkdtemp(prefix="nanochat-sandbox-")
+    if allow_weaker is None:
+        allow_weaker = os.environ.get(ALLOW_WEAKER_ENV) == "1"
     env = {
-        "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": workdir, "TMPDIR": workdir,
+        "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8",
         # numerical libraries start one thread per core on import; each counts against RLIMIT_NPROC
         "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
     }
-    status_r, status_w = os.pipe()
+    # the keeper ends the code at `timeout`; past this deadline the keeper itself is killed, the
+    # other half of GRACE bounds that kill and the wait for init
+    deadline = time.monotonic() + timeout + GRACE / 2
+    report_r, report_w = os.pipe()
     try:
-        proc = subprocess.Popen(
-            [sys.executable, "-I", os.path.abspath(__file__)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            cwd=workdir, env=env, pass_fds=(status_w,), start_new_session=True, close_fds=True,
-        )
+        proc = subprocess.Popen([sys.executable, "-I", CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, cwd="/", env=env, pass_fds=(report_w,),
+                                start_new_session=True, close_fds=True)
     except OSError as e:
-        os.close(status_r)
-        os.close(status_w)
-        shutil.rmtree(workdir, ignore_errors=True)
+        os.close(report_r)
+        os.close(report_w)
         return ExecutionResult(False, "", "", error=f"could not start the sandbox interpreter: {e}")
-    os.close(status_w)  # the child holds the only write end now: EOF when it (and its children) exit
-
-    readers = [_Reader(proc.stdout, max_output_bytes), _Reader(proc.stderr, max_output_bytes),
-               _Reader(os.fdopen(status_r, "rb"), 64 * 1024)]
+    os.close(report_w)  # the keeper holds the only write end: EOF when it exits
     config = {
-        "code": code, "status_fd": status_w, "memory_bytes": int(memory_limit_mb * 1024 * 1024),
-        "cpu_seconds": int(math.ceil(timeout)) + 1, "max_processes": int(max_processes),
+        "code": code, "report_fd": report_w, "timeout": float(timeout), "allow_weaker": bool(allow_weaker),
+        "memory_bytes": int(memory_limit_mb * 1024 * 1024), "cpu_seconds": int(timeout) + 2,
+        "max_processes": int(max_processes), "required": list(REQUIRED_WALLS),
     }
     try:
-        proc.stdin.write(json.dumps(config).encode())
+        proc.stdin.write(json.dumps(config).encode())  # the keeper reads all of it before anything else
         proc.stdin.close()
     except OSError:
-        pass  # the child died before reading its input; its exit status tells the story
+        pass  # the keeper died before reading its input; its missing report tells the story
 
-    timed_out = not _wait_unreaped(proc, timeout)
-    # Kill the group while the leader is still an unreaped zombie: its pid (the group id) cannot be
-    # reused yet, so this signal cannot hit an unrelated process. It also ends leftover children.
-    _kill_group(proc.pid)
-    returncode = proc.wait()
-    # Killed members die asynchronously: wait (bounded) until none is left running, signalling again
-    # in case one was mid-fork. Zombies are fine: they wait for init to reap them and run nothing.
-    deadline = time.monotonic() + 2.0
-    while _running_members(proc.pid) and time.monotonic() < deadline:
-        _kill_group(proc.pid)
-        time.sleep(0.005)
-    for reader in readers:
-        reader.join(timeout=2.0)  # an escaped grandchild may hold a pipe open: do not wait for it
-    shutil.rmtree(workdir, ignore_errors=True)
-
-    stdout, stderr, status_raw = (r.text() for r in readers)
-    truncated = readers[0].truncated or readers[1].truncated
+    out, err, report = _Capture(max_output_bytes), _Capture(max_output_bytes), _Capture(1 << 20)
+    pidfd = _pump({proc.stdout.fileno(): out, proc.stderr.fileno(): err, report_r: report}, report, deadline)
+    killed = not report.eof  # the keeper overran: end it (init follows it by PDEATHSIG) and its group
+    if killed and _unreaped(proc):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # unreaped, so the group id cannot have been reused
+        except ProcessLookupError:
+            pass
     try:
-        status = json.loads(status_raw) if status_raw else None
+        proc.wait(timeout=GRACE / 4)
+    except subprocess.TimeoutExpired:
+        pass
+    if pidfd is not None:
+        # readable once init has exited, which is after every process of its PID namespace
+        select.select([pidfd], [], [], GRACE / 4)
+        os.close(pidfd)
+    for stream in (proc.stdout, proc.stderr):
+        stream.close()
+    os.close(report_r)
+
+    lines = [json.loads(line) for line in report.text().splitlines() if line.strip()]
+    final = lines[-1] if lines and "walls" in lines[-1] else None
+    truncated = out.truncated or err.truncated
+    stdout, stderr = out.text(), err.text()
+    if final is None:
+        why = "overran its deadline" if killed else f"crashed (exit status {proc.returncode})"
+        return ExecutionResult(False, stdout, stderr, f"the sandbox {why}", killed, False, truncated)
+    if not final["ran"]:
+        missing = ", ".join(f"{w} ({final['reasons'].get(w, 'not built')})" for w in final["missing"])
+        raise SandboxUnavailable(f"the sandbox cannot build these walls here: {missing}. To run code without "
+                                 f"them, pass allow_weaker=True or set {ALLOW_WEAKER_ENV}=1.")
+    walls, missing = final["walls"], final["missing"]
+    try:
+        status = json.loads(final["status"]) if final["status"] else None
     except ValueError:
         status = None  # garbage written to the status pipe by the code itself
     status = status if isinstance(status, dict) else None
-    isolation = list(status.get("isolation", [])) if status else []
-
-    if timed_out:
-        return ExecutionResult(False, stdout, stderr, f"timed out after {timeout:g} s", True, False, truncated,
-                               isolation)
+    returncode = final["returncode"]
+    memory = bool(final["oom"] or (status and status.get("memory")))
+    if final["timeout"] or killed:
+        return ExecutionResult(False, stdout, stderr, f"timed out after {timeout:g} s", True, memory, truncated,
+                               walls, missing)
     if status is None:
         how = f"killed by signal {-returncode}" if returncode < 0 else f"exit code {returncode}"
+        if final["oom"]:
+            how += ", out of memory"
         return ExecutionResult(False, stdout, stderr, f"the sandbox process ended without a result ({how})",
-                               False, False, truncated, isolation)
+                               False, memory, truncated, walls, missing)
     ok = bool(status.get("ok")) and returncode == 0
     error = None if ok else str(status.get("error") or f"exit code {returncode}")
-    return ExecutionResult(ok, stdout, stderr, error, False, bool(status.get("memory")), truncated, isolation)
+    return ExecutionResult(ok, stdout, stderr, error, False, memory, truncated, walls, missing)
 
 
-def _wait_unreaped(proc, timeout):
-    """Wait until the child exits (leaving it unreaped) or the timeout passes. True if it exited."""
-    deadline = time.monotonic() + timeout
-    if not hasattr(os, "waitid"):  # macOS before Python 3.13: fall back to reaping (tiny pid-reuse risk)
-        try:
-            proc.wait(timeout)
-            return True
-        except subprocess.TimeoutExpired:
-            return False
-    delay = 0.0005
-    while True:
-        if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
-            return True
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return False
-        time.sleep(min(delay, remaining))
-        delay = min(delay * 2, 0.02)
-
-
-def _kill_group(pgid):
-    """SIGKILL every process of the group; False once the group has no member left."""
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # only zombies of another user remain, or the group id was reused
-        return False
-
-
-def _running_members(pgid):
-    """pids of the group's processes that are not zombies (Linux /proc; elsewhere: none known)."""
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return []
-    members = []
-    for pid in entries:
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                stat = f.read()
-            # "pid (comm) state ppid pgrp ...": comm may hold spaces or parentheses: split after the last ")"
-            state, _, pgrp = stat[stat.rindex(")") + 2:].split()[:3]
-            if int(pgrp) == pgid and state != "Z":
-                members.append(int(pid))
-        except (OSError, ValueError):
-            continue
-    return members
-
-
-class _Reader(threading.Thread):
-    """Drains a pipe in the background, keeping the first `cap` bytes (so the child never blocks)."""
-
-    def __init__(self, stream, cap):
-        super().__init__(daemon=True)
-        self.stream, self.cap, self.chunks, self.kept, self.truncated = stream, cap, [], 0, False
-        self.lock = threading.Lock()
-        self.start()
-
-    def run(self):
-        read = getattr(self.stream, "read1", self.stream.read)  # read1: return what is there, do not fill
-        try:
-            while chunk := read(65536):
-                with self.lock:
-                    room = self.cap - self.kept
-                    if len(chunk) > room:
-                        self.truncated = True
-                        chunk = chunk[:max(room, 0)]
-                    if chunk:
-                        self.chunks.append(chunk)
-                        self.kept += len(chunk)
-        except (OSError, ValueError):
-            pass
-        finally:
+def _pump(captures, report, deadline):
+    """Read every pipe until all are at EOF, the deadline passes, or (weaker mode: a process that
+    escaped may hold stdout open) DRAIN seconds after the keeper is gone. Returns a pidfd of init."""
+    poller, pidfd = select.poll(), None
+    for fd in captures:
+        poller.register(fd, select.POLLIN)
+    drain_until = None
+    while captures:
+        now = time.monotonic()
+        if report.eof and drain_until is None:
+            drain_until = now + DRAIN
+        until = min(deadline, drain_until or deadline)
+        if now >= until:
+            break
+        for fd, _ in poller.poll(max(1, int((until - now) * 1000))):
+            chunk = os.read(fd, 65536)
+            captures[fd].add(chunk)
+            if not chunk:
+                poller.unregister(fd)
+                del captures[fd]
+        if pidfd is None and hasattr(os, "pidfd_open") and b"\n" in report.data():
+            first = json.loads(report.data().split(b"\n", 1)[0])
             try:
-                self.stream.close()
+                pidfd = os.pidfd_open(first["init"])  # alive: only the keeper, still running, reaps it
             except OSError:
-                pass
+                pidfd = -1
+    return pidfd if pidfd != -1 else None
+
+
+def _unreaped(proc):
+    """True while the keeper's pid is still ours (running, or a zombie nobody has reaped)."""
+    try:
+        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        return True
+    except ChildProcessError:
+        return False
+
+
+class _Capture:
+    """The first `cap` bytes of a pipe (the rest is read and dropped, so the writer never blocks)."""
+
+    def __init__(self, cap):
+        self.cap, self.chunks, self.kept, self.truncated, self.eof = cap, [], 0, False, False
+
+    def add(self, chunk):
+        if not chunk:
+            self.eof = True
+        room = self.cap - self.kept
+        if len(chunk) > room:
+            self.truncated, chunk = True, chunk[:max(room, 0)]
+        if chunk:
+            self.chunks.append(chunk)
+            self.kept += len(chunk)
+
+    def data(self):
+        return b"".join(self.chunks)
 
     def text(self):
-        with self.lock:
-            return b"".join(self.chunks).decode("utf-8", errors="replace")
-
-
-# -----------------------------------------------------------------------------
-# The child: everything below runs inside the sandbox interpreter.
-
-def _child_main():
-    # Everything the child's own machinery needs (the imports at the top of this file, resource,
-    # ctypes) is imported before the walls go up: afterwards the interpreter's files may no longer
-    # be readable (e.g. inside a new user namespace).
-    config = json.loads(sys.stdin.buffer.read())
-    sys.stdin = open(os.devnull)  # input() sees EOF instead of blocking
-    status_fd = config["status_fd"]
-    try:
-        import resource
-    except ImportError:  # not a Unix
-        resource = None
-    isolation = _apply_kernel_walls(config)
-    _install_guards()
-    if resource is not None:  # the address-space limit comes last, so that the setup is not cut short
-        try:
-            resource.setrlimit(resource.RLIMIT_AS, (config["memory_bytes"], config["memory_bytes"]))
-            isolation.append("rlimit_as")
-        except (ValueError, OSError):
-            pass
-
-    status = {"ok": False, "error": None, "memory": False, "isolation": isolation}
-    try:
-        program = compile(config.pop("code"), "<sandbox>", "exec")
-        exec(program, {"__name__": "__main__", "__builtins__": builtins})
-        status["ok"] = True
-    except MemoryError:
-        status["error"], status["memory"] = "MemoryError: the memory limit was exceeded", True
-    except SystemExit as e:
-        status["error"] = f"the code exited early (SystemExit({e.code!r}))"
-    except BaseException as e:  # noqa: BLE001 - anything the code raises is a failed run, not a crash
-        traceback.print_exc()
-        status["error"] = f"{type(e).__name__}: {e}"[:1000]
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:  # noqa: BLE001 - a closed or replaced stream must not hide the status
-            pass
-    try:
-        os.write(status_fd, json.dumps(status).encode())
-    except (OSError, TypeError, ValueError):
-        pass
-    os._exit(0)  # skip interpreter teardown (atexit handlers the code may have registered)
-
-
-def _apply_kernel_walls(config):
-    """rlimits, network namespace, uid drop, no_new_privs: whatever this platform allows.
-    Returns the names of the walls that are in place."""
-    walls = []
-    try:
-        import resource
-    except ImportError:  # not a Unix
-        return walls
-    cpu = config["cpu_seconds"]
-    for name, limit in (("RLIMIT_CPU", (cpu, cpu + 1)), ("RLIMIT_FSIZE", (MAX_FILE_BYTES, MAX_FILE_BYTES)),
-                        ("RLIMIT_CORE", (0, 0))):
-        try:
-            resource.setrlimit(getattr(resource, name), limit)
-            walls.append(name.lower())
-        except (ValueError, OSError, AttributeError):
-            pass
-    if sys.platform.startswith("linux"):
-        import ctypes  # before the walls, see _child_main
-        libc = ctypes.CDLL(None, use_errno=True)
-        if _unshare_network(libc):
-            walls.append("network_namespace")
-        if os.getuid() == 0 and _drop_root(libc):
-            walls.append("uid_nobody")
-        if libc.prctl(38, 1, 0, 0, 0) == 0:  # PR_SET_NO_NEW_PRIVS
-            walls.append("no_new_privs")
-    if hasattr(resource, "RLIMIT_NPROC"):
-        # The limit counts every task (process or thread) of the real uid, not only ours.
-        nproc = _count_tasks(os.getuid()) + config["max_processes"]
-        try:
-            resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
-            if os.getuid() != 0:  # the kernel does not enforce RLIMIT_NPROC for root
-                walls.append("rlimit_nproc")
-        except (ValueError, OSError):
-            pass
-    return walls
-
-
-def _unshare_network(libc):
-    """Move into a new, empty network namespace (as root, or through a new user namespace)."""
-    CLONE_NEWNET, CLONE_NEWUSER = 0x40000000, 0x10000000
-    if os.getuid() == 0:
-        return libc.unshare(CLONE_NEWNET) == 0
-    uid, gid = os.getuid(), os.getgid()
-    if libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) != 0:
-        return False
-    try:  # keep our own ids inside the new user namespace (otherwise they show as 65534)
-        for path, text in (("/proc/self/setgroups", "deny"), ("/proc/self/uid_map", f"{uid} {uid} 1"),
-                           ("/proc/self/gid_map", f"{gid} {gid} 1")):
-            with open(path, "w") as f:
-                f.write(text)
-    except OSError:
-        pass
-    return True
-
-
-def _drop_root(libc):
-    """root -> nobody, keeping only CAP_DAC_READ_SEARCH (read and traverse anything, write nothing
-    of root's). Skipped, returning False, where that capability is not ours to keep."""
-    import ctypes
-
-    class Header(ctypes.Structure):
-        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-    class Data(ctypes.Structure):
-        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
-
-    CAP_DAC_READ_SEARCH, LINUX_CAPABILITY_VERSION_3, PR_SET_KEEPCAPS = 2, 0x20080522, 8
-    header, data = Header(LINUX_CAPABILITY_VERSION_3, 0), (Data * 2)()
-    if libc.capget(ctypes.byref(header), data) != 0 or not data[0].permitted & (1 << CAP_DAC_READ_SEARCH):
-        return False  # without it `nobody` could not even import the standard library from /root
-    try:
-        os.chown(".", NOBODY_UID, NOBODY_GID)  # the private working directory becomes writable
-        os.setgroups([])
-        if libc.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0:
-            return False
-        os.setgid(NOBODY_GID)
-        os.setuid(NOBODY_UID)
-    except OSError:
-        return False
-    data[0].effective = data[0].permitted = 1 << CAP_DAC_READ_SEARCH
-    data[0].inheritable = data[1].effective = data[1].permitted = data[1].inheritable = 0
-    if libc.capset(ctypes.byref(header), data) != 0:
-        # we are nobody with no capabilities: imports of not-yet-loaded modules may fail, but we are
-        # still walled in; report the drop as done
-        pass
-    return True
-
-
-def _count_tasks(uid):
-    """Processes + threads currently owned by `uid` (what RLIMIT_NPROC counts)."""
-    total = 0
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return 0
-    for pid in entries:
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                fields = dict(line.split(":", 1) for line in f if ":" in line)
-            if int(fields["Uid"].split()[0]) == uid:
-                total += int(fields.get("Threads", "1"))
-        except (OSError, KeyError, ValueError):
-            continue
-    return total
-
-
-def _install_guards():
-    """Replace destructive and escaping functions with ones that raise (Python-level only)."""
-    import _socket
-    import posix
-
-    def disabled(name):
-        def refuse(*args, **kwargs):
-            raise PermissionError(f"{name} is disabled in the sandbox")
-        refuse.__name__ = name
-        return refuse
-
-    os_names = ("system", "kill", "killpg", "fork", "forkpty", "popen", "putenv", "unsetenv", "remove",
-                "unlink", "rmdir", "removedirs", "rename", "renames", "replace", "truncate", "chmod",
-                "fchmod", "lchmod", "chown", "fchown", "lchown", "chroot", "chdir", "fchdir", "link",
-                "symlink", "setuid", "seteuid", "setreuid", "setresuid", "setgid", "setegid",
-                "setregid", "setresgid", "setsid", "setpgid", "setpgrp", "nice", "posix_spawn",
-                "posix_spawnp", "execv", "execve", "execl", "execle", "execlp", "execlpe", "execvp",
-                "execvpe", "spawnl", "spawnle", "spawnlp", "spawnlpe", "spawnv", "spawnve", "spawnvp",
-                "spawnvpe", "register_at_fork")
-    for module in (os, posix):
-        for name in os_names:
-            if hasattr(module, name):
-                setattr(module, name, disabled(f"os.{name}"))
-    for name in ("Popen", "call", "run", "check_call", "check_output", "getoutput", "getstatusoutput"):
-        setattr(subprocess, name, disabled(f"subprocess.{name}"))
-    for name in ("rmtree", "move", "chown"):
-        setattr(shutil, name, disabled(f"shutil.{name}"))
-    for module in (socket, _socket):
-        for name in ("socket", "SocketType", "create_connection", "create_server", "socketpair", "fromfd",
-                     "getaddrinfo", "gethostbyname", "gethostbyname_ex"):
-            if hasattr(module, name):
-                setattr(module, name, disabled(f"socket.{name}"))
-    for name in ("exit", "quit", "help", "copyright", "credits", "license"):
-        setattr(builtins, name, disabled(name))
-    # `import ctypes` would reach any libc function directly; a None entry makes the import fail
-    for name in ("ctypes", "_ctypes", "_posixsubprocess", "multiprocessing", "resource", "pty"):
-        sys.modules[name] = None
-
-
-if __name__ == "__main__":
-    _child_main()
+        return self.data().decode("utf-8", errors="replace")
