@@ -7,7 +7,8 @@ layout of ../shared/data/MANIFEST.md), then:
   - a re-run skips every stage;
   - scripts.chat_web serves the final model to the OpenAI client.
 What it does NOT prove: that the reference settings fit an 8xH100 node or reach the quoted scores.
-Slow (several minutes on 2 cores): run it with `uv run pytest tests/test_pipeline.py -m slow`.
+About 5 minutes on 2 idle cores; part of the default suite (CI), since it is the only check that the
+scripts, chained as a user runs them, still fit together.
 """
 
 import json
@@ -27,8 +28,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORDS = ("the model learns to predict the next token from text and then it answers questions politely and "
          "correctly a small cat sat on red mat while water flows down hill under bright sun every day").split()
 SPELLING_WORDS = ["strawberry", "banana", "mississippi", "cat", "letter", "bookkeeper", "rhythm", "aardvark"]
-
-pytestmark = pytest.mark.slow
 
 
 # -----------------------------------------------------------------------------
