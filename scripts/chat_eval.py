@@ -71,12 +71,14 @@ if args.top_k < 0:
 
 if args.allow_weaker_sandbox:
     os.environ[ALLOW_WEAKER_ENV] = "1"  # read by every execute() call of HumanEval's checks
-elif "HumanEval" in task_names:
-    try:  # the sandbox says here, before any model runs, whether it can build its walls
-        execute("pass", timeout=5.0)
+if "HumanEval" in task_names:  # the sandbox says here, before any model runs, whether it can run code
+    try:
+        probe = execute("pass", timeout=5.0)
+        why = None if probe.success else f"the sandbox could not run a trivial program ({probe.error})"
     except SandboxUnavailable as e:
-        print0(f"chat_eval: HumanEval skipped, not scored: {e}. Pass --allow-weaker-sandbox to run the "
-               f"model's code with those walls missing.")
+        why = f"{e} Pass --allow-weaker-sandbox to run the model's code with those walls missing"
+    if why:  # scoring anyway would report every program as failed: a zero that measures nothing
+        print0(f"chat_eval: HumanEval skipped, not scored: {why}")
         task_names.remove("HumanEval")
         if not task_names:
             parser.exit(1, "chat_eval: no task left to run\n")
