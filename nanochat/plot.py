@@ -14,6 +14,7 @@ from xml.sax.saxutils import escape
 from nanochat.common import atomic_write, iter_jsonl
 
 PANEL_W, PANEL_H, MARGIN = 420, 260, 48
+MAX_DOTS = 40  # series with at most this many points get a dot on each
 SERIES = [("smooth_loss", "train loss (smoothed, nats/token)", "#1f77b4"),
           ("val_bpb", "validation bits per byte", "#d62728"),
           ("val_loss", "validation loss (nats/token)", "#d62728"),
@@ -38,16 +39,23 @@ def _panel(points, title, color, x0):
     s_span, v_span = (s_hi - s_lo) or 1, (v_hi - v_lo) or 1
     left, right, top, bottom = x0 + MARGIN, x0 + PANEL_W - 12, 30, PANEL_H - 30
 
-    def xy(step, value):  # larger values higher up: SVG's y axis points down
-        return (left + (step - s_lo) / s_span * (right - left), bottom - (value - v_lo) / v_span * (bottom - top))
+    def xy(step, value):  # larger values higher up: SVG's y axis points down; a single step or a
+        # flat series sits in the middle of the panel, not on its edge
+        fx = (step - s_lo) / s_span if s_hi > s_lo else 0.5
+        fy = (value - v_lo) / v_span if v_hi > v_lo else 0.5
+        return left + fx * (right - left), bottom - fy * (bottom - top)
 
-    path = " ".join(f"{x:.1f},{y:.1f}" for x, y in (xy(s, v) for s, v in points))
+    placed = [xy(s, v) for s, v in points]
+    path = " ".join(f"{x:.1f},{y:.1f}" for x, y in placed)
+    # few points (evaluations, often one in a short run): a dot on each, or a lone one is invisible
+    dots = [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{color}"/>' for x, y in placed]
+    dots = dots if len(dots) <= MAX_DOTS else []
     label = 'font-family="sans-serif" font-size="11"'
     return [
         f'<text x="{x0 + PANEL_W / 2}" y="18" text-anchor="middle" font-family="sans-serif" '
         f'font-size="13">{escape(title)}</text>',
         f'<rect x="{left}" y="{top}" width="{right - left}" height="{bottom - top}" fill="none" stroke="#999"/>',
-        f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="1.5"/>',
+        f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="1.5"/>', *dots,
         f'<text x="{left - 4}" y="{top + 4}" text-anchor="end" {label}>{v_hi:.3f}</text>',
         f'<text x="{left - 4}" y="{bottom}" text-anchor="end" {label}>{v_lo:.3f}</text>',
         f'<text x="{left}" y="{bottom + 14}" {label}>step {s_lo}</text>',

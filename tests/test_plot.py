@@ -46,3 +46,19 @@ def test_log_without_series_draws_nothing_and_bad_lines_are_named(tmp_path):
     log.write_text('{"step": 0, "smooth_loss": 1.0}\nnot json\n')
     with pytest.raises(ValueError, match="log.jsonl:2"):
         plot_training_log(str(log), str(tmp_path / "x.svg"))
+
+
+def test_a_lone_evaluation_is_a_visible_dot_in_the_middle(tmp_path):
+    # a short run evaluates once: its one point used to be an invisible polyline on the panel's edge
+    log = tmp_path / "log.jsonl"
+    write_log(log, [{"step": s, "smooth_loss": 5.0 - s} for s in range(50)] + [{"step": 50, "val_bpb": 1.9}])
+    svg = tmp_path / "loss.svg"
+    assert plot_training_log(str(log), str(svg)) == ["smooth_loss", "val_bpb"]
+    root = ET.parse(svg).getroot()
+    dots = list(root.iter(f"{SVG}circle"))
+    assert len(dots) == 1  # the 50 training points get none, the lone evaluation one
+    frame = list(root.iter(f"{SVG}rect"))[2]  # background, train panel, validation panel
+    x0, w = float(frame.get("x")), float(frame.get("width"))
+    y0, h = float(frame.get("y")), float(frame.get("height"))
+    assert float(dots[0].get("cx")) == pytest.approx(x0 + w / 2, abs=0.1)
+    assert float(dots[0].get("cy")) == pytest.approx(y0 + h / 2, abs=0.1)
