@@ -4,7 +4,7 @@ and an engine that decodes many conversations at once (continuous batching), wit
 tool use.
 
     engine = Engine(model, tokenizer, num_slots=16)        # 16 KV-cache rows ("slots")
-    rid = engine.add_request(render_chat_prompt(tokenizer, messages), SamplingParams(max_tokens=256))
+    rid = engine.add_request(tokenizer.render_for_reply(messages), SamplingParams(max_tokens=256))
     while engine.has_work():
         for event in engine.step():   # TokenEvent(request_id, index, token, forced, text, finish_reason)
             ...
@@ -47,7 +47,6 @@ from nanochat.kv_cache import KVCache
 from nanochat.sampling import sample_rows
 
 # -----------------------------------------------------------------------------
-# -----------------------------------------------------------------------------
 # streaming text
 
 class TextStream:
@@ -89,25 +88,6 @@ class TextStream:
     def flush(self):
         """The sample ended: emit what was held (an incomplete character becomes U+FFFD)."""
         return self.push(b"", final=True)
-
-
-def render_chat_prompt(tokenizer, messages):
-    """The prompt for the assistant's reply to a conversation that ends on a user turn: the
-    rendered conversation followed by <|assistant_start|>. messages: a list of {"role", "content"}
-    (or {"messages": [...]}); an optional leading system message, then user / assistant turns
-    alternating, ending with "user". Raises ValueError naming what is wrong otherwise."""
-    msgs = messages.get("messages") if isinstance(messages, dict) else messages
-    if not isinstance(msgs, (list, tuple)) or not msgs:
-        raise ValueError("render_chat_prompt: messages must be a non-empty list of {'role', 'content'} dicts")
-    last = msgs[-1]
-    if not isinstance(last, dict) or last.get("role") != "user":
-        role = last.get("role") if isinstance(last, dict) else type(last).__name__
-        raise ValueError(f"render_chat_prompt: the last message must be the user's (the turn to answer), got {role!r}")
-    for i, m in enumerate(msgs):
-        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant"):
-            raise ValueError(f"render_chat_prompt: message {i} needs a role of 'system', 'user' or 'assistant', got {m!r:.100}")
-    ids, _ = tokenizer.render_conversation(list(msgs), max_tokens=None)  # checks alternation and contents
-    return ids + [tokenizer.encode_special("<|assistant_start|>")]
 
 
 # -----------------------------------------------------------------------------

@@ -268,8 +268,7 @@ def generate_samples(source, model_tag=None, step=None, prompts=None, max_tokens
 
     model, tokenizer, _ = load_model(source, torch.device(autodetect_device_type()), "eval", model_tag, step)
     prompts = prompts or SAMPLE_PROMPTS
-    ids = [tokenizer.render_for_completion([{"role": "user", "content": p}, {"role": "assistant", "content": ""}])
-           for p in prompts]
+    ids = [tokenizer.render_for_reply([{"role": "user", "content": p}]) for p in prompts]
     budget = max_tokens or SAMPLE_MAX_TOKENS
     params = [SamplingParams(max_tokens=max(1, min(budget, model.config.sequence_len - len(x))), temperature=0.0)
               for x in ids]

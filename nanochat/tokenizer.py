@@ -319,6 +319,8 @@ class Tokenizer:
         for i, m in enumerate(messages):
             if not isinstance(m, dict) or "role" not in m or "content" not in m:
                 raise ValueError(f"message {i} must be a dict with 'role' and 'content', got {m!r:.100}")
+            if m["role"] not in ("system", "user", "assistant"):
+                raise ValueError(f"message {i} has role {m['role']!r}; a role is 'system', 'user' or 'assistant'")
         messages = list(messages)
         if messages[0]["role"] == "system":
             if len(messages) < 2 or messages[1]["role"] != "user":
@@ -391,15 +393,24 @@ class Tokenizer:
             ids, mask = ids[:max_tokens], mask[:max_tokens]
         return ids, mask
 
+    def render_for_reply(self, conversation):
+        """The prompt for the assistant's reply to a conversation that ends on a user turn (what a chat
+        request is): the conversation rendered, followed by <|assistant_start|>. Nothing is truncated."""
+        messages = conversation.get("messages") if isinstance(conversation, dict) else conversation
+        if not isinstance(messages, (list, tuple)) or not messages or not isinstance(messages[-1], dict) \
+                or messages[-1].get("role") != "user":
+            raise ValueError("render_for_reply: the last message must be the user's (the turn to answer)")
+        ids, _ = self.render_conversation(list(messages), max_tokens=None)
+        return ids + [self._special_ids["<|assistant_start|>"]]
+
     def render_for_completion(self, conversation):
-        """The prompt for generating the last (assistant) reply: the conversation without that reply,
-        rendered, followed by <|assistant_start|>. The input is not modified; nothing is truncated."""
+        """The prompt for generating the last (assistant) reply of a task's conversation: the
+        conversation without that reply, as render_for_reply renders it. The input is not modified."""
         messages = conversation.get("messages") if isinstance(conversation, dict) else conversation
         if not isinstance(messages, (list, tuple)) or not messages or not isinstance(messages[-1], dict) \
                 or messages[-1].get("role") != "assistant":
             raise ValueError("render_for_completion: the last message must be the assistant's (the reply to generate)")
-        ids, _ = self.render_conversation(list(messages[:-1]), max_tokens=None)
-        return ids + [self._special_ids["<|assistant_start|>"]]
+        return self.render_for_reply(messages[:-1])
 
     def visualize(self, ids, mask=None):
         """Debug view: tokens joined by '|', masked-in tokens in green (for a terminal)."""

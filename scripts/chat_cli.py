@@ -25,7 +25,7 @@ import torch
 
 from nanochat.checkpoint_manager import CheckpointError, load_model
 from nanochat.common import compute_init
-from nanochat.engine import Engine, SamplingParams, render_chat_prompt
+from nanochat.engine import Engine, SamplingParams
 
 parser = argparse.ArgumentParser(description="Chat with a nanochat model in the terminal.")
 # checkpoint
@@ -76,7 +76,7 @@ def write(text):
 
 def reply(messages, seed):
     """Stream the assistant's reply to `messages`; returns its parts (what was written, also when stopped)."""
-    prompt = render_chat_prompt(tokenizer, messages)
+    prompt = tokenizer.render_for_reply(messages)
     if len(prompt) >= engine.max_seq_len:
         write(f"[the conversation is {len(prompt)} tokens, the model's context {engine.max_seq_len}: /clear to start over]\n")
         return None

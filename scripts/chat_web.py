@@ -75,7 +75,7 @@ from nanochat.chat_api import MAX_BODY_BYTES, MAX_TOKENS_LIMIT, MAX_TOP_K, RETRY
     parse_chat_request
 from nanochat.checkpoint_manager import SOURCE_DIRS, CheckpointError, find_largest_model, load_model
 from nanochat.common import compute_init, get_base_dir, logger, setup_logging
-from nanochat.engine import Engine, SamplingParams, render_chat_prompt
+from nanochat.engine import Engine, SamplingParams
 
 parser = argparse.ArgumentParser(description="Serve a nanochat model: OpenAI-compatible API and chat UI.")
 # checkpoint
@@ -423,7 +423,7 @@ async def chat_completions(request: Request):
     messages, sampling, stream, include_usage = parse_chat_request(await read_json(request), args.max_tokens,
                                                                    args.temperature, args.top_k)
     try:
-        prompt = render_chat_prompt(tokenizer, messages)
+        prompt = tokenizer.render_for_reply(messages)
     except ValueError as e:
         raise ApiError(400, f"cannot render the conversation: {e}", "messages") from None
     replica = min(replicas, key=lambda r: r.rows)

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from nanochat.engine import Engine, SamplingParams, render_chat_prompt
+from nanochat.engine import Engine, SamplingParams
 from tests.chat_fixtures import (PIECES, RANDOM_TAG, REPO, SCRIPTED_TAG, TOOL_EXPR, TOOL_RESULT, chat_tokenizer,
                                  make_chat_base, random_chat_model, server_env)
 
@@ -34,7 +34,7 @@ def reference(tiny_tokenizer):
     engine = Engine(random_chat_model(tok)[0].eval(), tok, num_slots=1)
 
     def run(messages):
-        prompt = render_chat_prompt(tok, messages)
+        prompt = tok.render_for_reply(messages)
         return engine.generate_many([prompt], SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0))[0][0].text
     return run
 

@@ -18,7 +18,7 @@ import time
 import pytest
 from openai import APIStatusError, OpenAI
 
-from nanochat.engine import Engine, SamplingParams, render_chat_prompt
+from nanochat.engine import Engine, SamplingParams
 from tests.chat_fixtures import (RANDOM_TAG, SCRIPTED_CONTENT, SCRIPTED_PARTS, SCRIPTED_TAG, SSE, TOOL_EXPR,
                                  TOOL_RESULT, chat_servers, chat_tokenizer, make_chat_base, random_chat_model,
                                  request)
@@ -59,7 +59,7 @@ def reference(tok):
     engine = Engine(random_chat_model(tok)[0].eval(), tok, num_slots=4)
 
     def run(messages, max_tokens, **kwargs):
-        prompt = render_chat_prompt(tok, messages)
+        prompt = tok.render_for_reply(messages)
         return engine.generate_many([prompt], SamplingParams(max_tokens=max_tokens, temperature=0.0, **kwargs))[0][0]
     return run
 
@@ -96,7 +96,7 @@ def test_non_streaming_matches_the_engine(client, reference, tok):
     assert len(r.choices) == 1 and r.choices[0].message.role == "assistant"
     assert r.choices[0].message.content == ref.text
     assert r.choices[0].finish_reason == "length" == ref.finish_reason
-    assert r.usage.prompt_tokens == len(render_chat_prompt(tok, messages))
+    assert r.usage.prompt_tokens == len(tok.render_for_reply(messages))
     assert r.usage.completion_tokens == 12 and r.usage.total_tokens == r.usage.prompt_tokens + 12
 
 
@@ -156,7 +156,7 @@ def test_seed_reproduces_and_n_samples(client):
 def test_system_message_is_folded_into_the_first_turn(client, tok):
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
     r = client.chat.completions.create(model="m", messages=messages, max_tokens=2, temperature=0)
-    assert r.usage.prompt_tokens == len(render_chat_prompt(tok, messages))
+    assert r.usage.prompt_tokens == len(tok.render_for_reply(messages))
     dev = client.chat.completions.create(model="m", messages=[{"role": "developer", "content": "Be brief."}, messages[1]],
                                          max_tokens=2, temperature=0)
     assert dev.usage.prompt_tokens == r.usage.prompt_tokens and dev.choices[0].message.content == r.choices[0].message.content
@@ -209,9 +209,9 @@ def test_tool_call_parts_round_trip(servers, tok):
     # the parts go back as the assistant's content: the model sees its call and the forced output
     messages = user("What is six times seven?") + [{"role": "assistant", "content": SCRIPTED_PARTS}] + user("Again")
     r2 = client.chat.completions.create(model="m", messages=messages, max_tokens=50)
-    assert r2.usage.prompt_tokens == len(render_chat_prompt(tok, messages))
+    assert r2.usage.prompt_tokens == len(tok.render_for_reply(messages))
     sp = tok.encode_special
-    assert render_chat_prompt(tok, messages).count(sp("<|python_start|>")) == 1
+    assert tok.render_for_reply(messages).count(sp("<|python_start|>")) == 1
 
 
 # -----------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """
 Tests of the engine's continuous batching (nanochat/engine.py: Engine.add_request / step /
-cancel / generate_many, SamplingParams, TextStream, render_chat_prompt).
+cancel / generate_many, SamplingParams, TextStream).
 
 Covered: greedy results of requests with different prompt lengths that join mid-stream and leave
 early equal each request run alone and a naive full recompute; per-request seeds reproduce
@@ -18,7 +18,7 @@ import threading
 import pytest
 import torch
 
-from nanochat.engine import Completion, Engine, SamplingParams, TextStream, TokenEvent, render_chat_prompt
+from nanochat.engine import Completion, Engine, SamplingParams, TextStream, TokenEvent
 from test_engine import PROMPT_TEXT, naive_greedy, random_model, scripted_model, tool_script
 
 
@@ -322,24 +322,6 @@ def test_add_request_from_another_thread(tiny_tokenizer):
     assert len(set(rids.values())) == len(prompts)
     for i, p in enumerate(prompts):
         assert events[rids[i]] == naive_greedy(model, p, 6 + i)
-
-
-def test_render_chat_prompt(tiny_tokenizer):
-    tok = tiny_tokenizer
-    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-            {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "What is 2+2?"}]
-    ids = render_chat_prompt(tok, msgs)
-    assert ids == tok.render_for_completion(msgs + [{"role": "assistant", "content": ""}])
-    assert ids[-1] == tok.encode_special("<|assistant_start|>")
-    assert render_chat_prompt(tok, {"messages": msgs}) == ids
-    with pytest.raises(ValueError, match="last message must be the user"):
-        render_chat_prompt(tok, msgs[:3])
-    with pytest.raises(ValueError, match="role"):
-        render_chat_prompt(tok, [{"role": "robot", "content": "x"}, {"role": "user", "content": "y"}])
-    with pytest.raises(ValueError):
-        render_chat_prompt(tok, [])
-    with pytest.raises(ValueError):  # alternation is the tokenizer's check
-        render_chat_prompt(tok, [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}])
 
 
 def test_token_event_fields():

@@ -407,6 +407,24 @@ def test_render_for_completion(tiny_tokenizer):
         tok.render_for_completion(messages[:-1])
 
 
+def test_render_for_reply(tiny_tokenizer):
+    tok = tiny_tokenizer
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "What is 2+2?"}]
+    ids = tok.render_for_reply(msgs)
+    assert ids == tok.render_for_completion(msgs + [{"role": "assistant", "content": ""}])
+    assert ids[-1] == tok.encode_special("<|assistant_start|>")
+    assert tok.render_for_reply({"messages": msgs}) == ids
+    with pytest.raises(ValueError, match="last message must be the user"):
+        tok.render_for_reply(msgs[:3])
+    with pytest.raises(ValueError, match="role"):
+        tok.render_for_reply([{"role": "robot", "content": "x"}, {"role": "user", "content": "y"}])
+    with pytest.raises(ValueError):
+        tok.render_for_reply([])
+    with pytest.raises(ValueError):  # alternation is the tokenizer's check
+        tok.render_for_reply([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}])
+
+
 @pytest.mark.parametrize("messages, match", [
     ([{"role": "assistant", "content": "hi"}], "message 0 .*'assistant', expected 'user'"),
     ([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], "message 1 .*expected 'assistant'"),
