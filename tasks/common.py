@@ -21,6 +21,7 @@ import operator
 import os
 import random
 import re
+from fractions import Fraction
 
 # -----------------------------------------------------------------------------
 # Tasks, views and combinations
@@ -145,24 +146,38 @@ def evaluate_letter(conversation, completion):
     return int(completion.strip().rstrip(".").strip() == reference)
 
 
-_FINAL_ANSWER = re.compile(r"####\s*\$?\s*(-?[\d,]*\.?\d+)")
+_FINAL_ANSWER = re.compile(r"####[ \t]*\$?[ \t]*(\S*)")
 
 
 def extract_final_number(text):
-    """The number after the last "####" marker (commas and a $ sign allowed), as a str without
-    commas, or None if there is none."""
+    """The number after the last "####" marker, as a str without commas (and without a $ sign
+    or trailing punctuation), or None if there is none or it is no plain number. An integer, a
+    decimal, a fraction "1/2" or an exponent "5e3" is taken whole (never a prefix of it, as
+    "1" of "1/2"); anything else there ("2^3", "5x") is refused."""
     matches = _FINAL_ANSWER.findall(text)
-    return matches[-1].replace(",", "") if matches else None
+    if not matches:
+        return None
+    answer = matches[-1].split("<|")[0]  # a special token's text may follow with no space
+    answer = answer.replace(",", "").rstrip(".;:!?)")
+    return answer if parse_number(answer) is not None else None
+
+
+def parse_number(text):
+    """A number string -> an exact fractions.Fraction ("18", "-3.50", "1/2", "5e3", "1.5E-3"),
+    or None when it is not one (a float would make 1450000 == 1450001 within 1e-6)."""
+    if not isinstance(text, str) or not re.fullmatch(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d{1,4}|/\d+)?", text):
+        return None  # the pattern also keeps Fraction from parsing " 1 ", "1_000" or "nan"
+    try:
+        return Fraction(text)
+    except ZeroDivisionError:  # "1/0"
+        return None
 
 
 def numbers_equal(a, b):
-    """Numeric equality of two number strings: "18" == "18.0" == "18.00"; None never matches."""
-    if a is None or b is None:
-        return False
-    try:
-        return abs(float(a) - float(b)) <= 1e-6 * max(1.0, abs(float(b)))
-    except ValueError:
-        return False
+    """Exact numeric equality of two number strings: "18" == "18.0" == "36/2" == "1.8e1", but
+    "1450000" != "1450001"; None or a non-number never matches."""
+    a, b = parse_number(a), parse_number(b)
+    return a is not None and b is not None and a == b
 
 
 def assistant_text(message):

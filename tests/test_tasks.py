@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tasks.arc import ARC
-from tasks.common import Task, TaskMixture, TaskSequence, render_mc
+from tasks.common import Task, TaskMixture, TaskSequence, extract_final_number, numbers_equal, render_mc
 from tasks.customjson import CustomJSON
 from tasks.gsm8k import GSM8K, answer_to_parts, extract_answer
 from tasks.humaneval import HumanEval, extract_program
@@ -218,7 +218,21 @@ def test_gsm8k_answers(mirror):
     assert task.evaluate(natalia, "The answer is 72") == 0  # no #### marker: no answer
     assert task.evaluate(pens, "#### 10,000") == 1 and task.evaluate(pens, "#### 10000") == 1
     assert task.evaluate(apples, "#### 3.5") == 1 and task.evaluate(apples, "#### 3") == 0
+    assert task.evaluate(apples, "#### 7/2") == 1 and task.evaluate(apples, "#### 35e-1.") == 1  # read whole, exactly
     assert task.reward(pens, "#### 10000") == 1.0 and task.reward(pens, "####") == 0.0
+
+
+def test_final_numbers_compare_exactly():
+    # integers are exact (a relative 1e-6 made these equal; two GSM8K answers are >= 1e6)
+    assert not numbers_equal("1450000", "1450001") and numbers_equal("1450000", "1450000.0")
+    assert numbers_equal("18", "18.00") and numbers_equal("0.1", "1/10") and numbers_equal("5e3", "5000")
+    assert not numbers_equal("0.1", "0.1000000001") and not numbers_equal(None, "1")
+    # a fraction or an exponent is taken whole, or refused; never its leading digits
+    assert extract_final_number("#### 1/2") == "1/2" and extract_final_number("#### 5e3") == "5e3"
+    assert extract_final_number("so #### $1,234.50.") == "1234.50"
+    for refused in ("#### 2^3", "#### 5x", "#### 1/0", "#### nan", "#### 1e99999", "no marker 7"):
+        assert extract_final_number(refused) is None, refused
+    assert extract_final_number("#### 1 then #### 2") == "2"  # the last marker
 
 
 def test_humaneval(mirror, tiny_tokenizer):
@@ -265,6 +279,7 @@ def test_spellingbee(mirror, tiny_tokenizer):
         assert eval(call["text"]) == word.count(letter) == int(output["text"])  # the call computes the answer
         count = word.count(letter)
         assert task.evaluate(conversation, f"... so the answer is\n#### {count}") == 1
+        assert task.evaluate(conversation, f"#### {count}<|assistant_end|>") == 1
         assert task.evaluate(conversation, f"There are {count} of them.") == 1
         assert task.evaluate(conversation, f"#### {count + 1}") == 0
     simple = SimpleSpelling(size=10, split="test")
