@@ -15,7 +15,9 @@ Two kinds of task (a Task's `eval_type`):
   with num_samples > 1 a problem passes if any sample passes (pass@k). batched=False is the
   reference, one problem at a time through Engine.generate_batch.
 
-Items are spread over ranks (rank::world_size) and the counts are summed across ranks.
+A cap (max_items) evaluates a seeded random sample of the whole split (`eval_indices`), the same
+items on every run: splits are often stored sorted (MMLU by subject), so the first N items would
+cover a few subjects only. Items are spread over ranks (rank::world_size) and the counts are summed across ranks.
 Units: accuracies, baselines and centred accuracies are fractions (0..1). Each task's random
 baseline is its Task class's `baseline` attribute (0.25 for 4-way multiple choice, 0 for
 generative tasks); ChatCORE is the mean over tasks of the centred accuracy
@@ -24,6 +26,7 @@ generative tasks); ChatCORE is the mean over tasks of the centred accuracy
 Used by scripts/chat_eval.py (and by later stages that evaluate during training).
 """
 
+import random
 import time
 
 import torch
@@ -64,6 +67,17 @@ def _sum_across_ranks(*counts, device):
     return tuple(t.tolist())
 
 
+SAMPLE_SEED = 42  # the seed of the capped evaluations' item sample
+
+
+def eval_indices(num_items, max_items=None, seed=SAMPLE_SEED):
+    """The task indices an evaluation covers: all of them in order, or with a cap a seeded random
+    sample of max_items drawn from the whole split (deterministic for a seed, in sampled order)."""
+    if max_items is None or max_items >= num_items:
+        return list(range(num_items))
+    return random.Random(seed).sample(range(num_items), max_items)
+
+
 def letter_token_ids(tokenizer, letters):
     """The single token id of each answer letter (as the assistant writes it, with no space)."""
     ids = []
@@ -76,13 +90,12 @@ def letter_token_ids(tokenizer, letters):
 
 @torch.inference_mode()
 def evaluate_categorical(model, tokenizer, task, batch_size=8, max_items=None, fast=True):
-    """(num_correct, num_total) of a categorical task on its first max_items items, summed over ranks."""
+    """(num_correct, num_total) of a categorical task on max_items items (eval_indices), summed over ranks."""
     device = model.get_device()
     rank, world = get_rank(), get_world_size()
-    n = len(task) if max_items is None else min(len(task), max_items)
     pad = tokenizer.get_bos_token_id()  # any id: padded positions come after every prompt's last token
     items = []  # (conversation, prompt ids) of this rank's items
-    for i in range(rank, n, world):
+    for i in eval_indices(len(task), max_items)[rank::world]:
         conversation = task[i]
         items.append((conversation, tokenizer.render_for_completion(conversation)))
     if fast:
@@ -113,17 +126,16 @@ def evaluate_categorical(model, tokenizer, task, batch_size=8, max_items=None, f
 @torch.inference_mode()
 def evaluate_generative(model, tokenizer, task, num_samples=1, max_new_tokens=512, temperature=0.0,
                         top_k=50, max_items=None, seed=42, batched=True, num_slots=16):
-    """(num_passed, num_total) of a generative task on its first max_items problems, pass@num_samples,
+    """(num_passed, num_total) of a generative task on max_items problems (eval_indices), pass@num_samples,
     summed over ranks. Problem i samples with seed + i. batched=True runs all of this rank's problems
     through one Engine.generate_many (num_slots KV-cache rows); batched=False is the reference, one
     problem at a time."""
     device = model.get_device()
     rank, world = get_rank(), get_world_size()
-    n = len(task) if max_items is None else min(len(task), max_items)
     room = model.config.sequence_len
     problems = []  # (index, conversation, prompt, max_tokens) of this rank's answerable problems
     passed = total = 0
-    for i in range(rank, n, world):
+    for i in eval_indices(len(task), max_items)[rank::world]:
         conversation = task[i]
         prompt = tokenizer.render_for_completion(conversation)
         max_tokens = min(max_new_tokens, room - len(prompt))

@@ -18,7 +18,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from nanochat.task_eval import TASKS, chatcore, evaluate_categorical, evaluate_generative, evaluate_task, letter_token_ids
+from nanochat.task_eval import (TASKS, chatcore, eval_indices, evaluate_categorical, evaluate_generative, evaluate_task,
+                                 letter_token_ids)
 from tasks.arc import ARC
 from tasks.common import Task, evaluate_letter, render_mc
 from tasks.gsm8k import GSM8K
@@ -209,3 +210,43 @@ def test_task_baselines_and_chatcore(tiny_tokenizer):
     assert chatcore(results) == pytest.approx(0.2)
     with pytest.raises(AssertionError):
         chatcore({})
+
+
+class SortedBySubject(Task):
+    """MMLU-like: 20 subjects of 30 items each, stored sorted by subject (as MMLU's test split is);
+    records which items an evaluation reads."""
+
+    eval_type = "categorical"
+    baseline = 0.25
+
+    def __init__(self):
+        super().__init__()
+        self.read = []
+
+    def num_examples(self):
+        return 600
+
+    def get_example(self, index):
+        self.read.append(index)
+        subject = index // 30
+        return {"messages": [{"role": "user", "content": render_mc(f"subject {subject} item {index}?", LETTERS,
+                                                                 ["w", "x", "y", "z"])},
+                             {"role": "assistant", "content": "A"}],
+                "letters": LETTERS, "subject": subject}
+
+    def evaluate(self, conversation, completion):
+        return evaluate_letter(conversation, completion)
+
+
+def test_a_cap_samples_the_whole_split_with_a_fixed_seed(tiny_tokenizer):
+    model = random_gpt(tiny_tokenizer, sequence_len=128)
+    runs = []
+    for _ in range(2):
+        task = SortedBySubject()
+        assert evaluate_categorical(model, tiny_tokenizer, task, batch_size=16, max_items=60)[1] == 60
+        runs.append(task.read)
+    assert runs[0] == runs[1], "the same items on every run"
+    assert len(set(runs[0])) == 60
+    assert len({i // 30 for i in runs[0]}) >= 15  # the first 60 items would be 2 of the 20 subjects
+    assert sorted(eval_indices(600, 60)) == sorted(runs[0]) and eval_indices(600, 60, seed=1) != eval_indices(600, 60)
+    assert eval_indices(5, 10) == eval_indices(5) == [0, 1, 2, 3, 4]  # a cap at or above the size: all, in order
