@@ -5,7 +5,7 @@ evaluated by `use_calculator(expr)` and its result forced back as <|output_start
 The calculator is NOT a Python sandbox: it parses with `ast` and evaluates only an allow-list
 (number literals with + - * / // % ** and unary +/-, string literals and a few str methods).
 Names, attributes other than those methods, subscripts, comprehensions, lambdas and any other
-call are refused. Every intermediate value is size-checked (ints up to 1024 bits, strings up
+call are refused. Results read as the training data's annotations do ("24", not "24.0"). Every intermediate value is size-checked (ints up to 1024 bits, strings up
 to 1000 characters) and the walk stops after a time limit, so no input can run for long.
 """
 
@@ -83,6 +83,17 @@ def _eval(node, deadline):
     raise _Refused(f"{type(node).__name__} is not allowed")
 
 
+def format_result(value):
+    """The result as the training data writes it (GSM8K's <<48/2=24>>): an integral float as an
+    integer ("24", not "24.0"), other floats to 12 significant digits (0.1+0.2 gives "0.3"),
+    ints, strings and bools as str() gives them."""
+    if type(value) is not float:
+        return str(value)
+    if value.is_integer():
+        return str(int(value))  # finite (checked): at most 1024 bits, 309 digits
+    return f"{value:.12g}"  # non-integral, so |value| < 2^53: tiny ones keep an exponent ("3e-20")
+
+
 def use_calculator(expr):
     """Evaluate a restricted arithmetic/string expression; the result as a string, or None when
     the expression is invalid, forbidden or too large. Never raises."""
@@ -90,6 +101,6 @@ def use_calculator(expr):
         if not isinstance(expr, str) or len(expr) > _MAX_EXPR_CHARS:
             return None
         tree = ast.parse(expr.strip(), mode="eval")
-        return str(_eval(tree.body, time.monotonic() + _TIME_LIMIT_S))
+        return format_result(_eval(tree.body, time.monotonic() + _TIME_LIMIT_S))
     except Exception:  # _Refused, SyntaxError, ZeroDivisionError, OverflowError, RecursionError, ...
         return None

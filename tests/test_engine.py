@@ -194,6 +194,14 @@ def test_calculator_arithmetic_matches_python(expr):
     assert use_calculator(expr) == str(eval(expr))
 
 
+@pytest.mark.parametrize("expr, shown", [("48/2", "24"), ("0.2*50", "10"), ("80/100*10", "8"), ("7/2", "3.5"),
+                                         ("0.1+0.2", "0.3"), ("-6/3", "-2"), ("1/3", "0.333333333333"),
+                                         ("2.0**70", str(2**70)), ("1e-20*3", "3e-20"), ("3*4", "12")])
+def test_calculator_prints_results_as_the_training_data_does(expr, shown):
+    # GSM8K's annotations read <<48/2=24>>: the model learns "24", so the tool must not say "24.0"
+    assert use_calculator(expr) == shown
+
+
 def test_calculator_string_methods():
     assert use_calculator('"strawberry".count("r")') == "3"
     assert use_calculator("'strawberry'.count('r') + 1") == "4"
