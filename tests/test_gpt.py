@@ -405,12 +405,16 @@ def test_fused_qkv_inference_matches_training_path_and_follows_weight_updates():
     autograd path's, the cached weight follows in-place updates, and the state_dict is unchanged."""
     model = tiny_model()
     keys = set(model.state_dict())
-    idx = torch.randint(0, model.config.vocab_size, (2, 9))
+    idx = torch.randint(0, model.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(0))
+    cfg = model.config
     for _ in range(2):
         with torch.no_grad():
             fast = model(idx)
         slow = model(idx).detach()  # grad enabled: separate projections
-        torch.testing.assert_close(fast, slow, atol=1e-6, rtol=1e-5)
+        # the two paths sum the same products in another order (the CPU's SIMD width decides it):
+        # per layer a few fp32 roundings of dot products of length n_embd, relative to the logit scale
+        atol = 4 * torch.finfo(torch.float32).eps * cfg.n_embd * cfg.n_layer * max(1.0, float(slow.abs().max()))
+        torch.testing.assert_close(fast, slow, atol=atol, rtol=1e-5)
         with torch.no_grad():
             for block in model.transformer.h:
                 block.attn.c_k.weight.mul_(-1.5)
