@@ -43,6 +43,10 @@ parser.add_argument("--seed", type=int, default=None, help="seed of the first re
 parser.add_argument("--device-type", default="", choices=["", "cuda", "mps", "cpu"], help="device (default: autodetect)")
 parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"], help="autocast dtype on CUDA")
 args = parser.parse_args()
+# bytes that are not valid in the locale's encoding (invalid UTF-8 piped in, a reply's emoji under
+# LANG=C) are replaced, never a UnicodeError that ends the conversation
+for stream in (sys.stdin, sys.stdout):
+    stream.reconfigure(errors="replace")
 if not 0.0 <= args.temperature <= 2.0:
     parser.error(f"--temperature must be in [0, 2], got {args.temperature}")
 if not 0 <= args.top_k <= 200:

@@ -115,3 +115,16 @@ def test_missing_checkpoint_is_a_message(base, tmp_path):
     rc, _, err = cli(base, "--top-k", "500", "-p", "hi")
     assert rc == 2 and "--top-k must be in [0, 200]" in err
     assert os.path.isdir(base)
+
+
+@pytest.mark.parametrize("lang", ["C.UTF-8", "C"])
+def test_invalid_utf8_on_stdin_is_replaced_not_fatal(base, lang):
+    # issue 18 item 15: `printf 'hi \xff\n' | chat_cli` (and LANG=C) died with a UnicodeError
+    cmd = [sys.executable, "-m", "scripts.chat_cli", "--device-type", "cpu", "--temperature", "0",
+           "--model-tag", RANDOM_TAG, "--max-tokens", str(MAX_TOKENS)]
+    env = {**server_env(base), "LANG": lang, "LC_ALL": lang, "PYTHONIOENCODING": ""}
+    env.pop("PYTHONUTF8", None)
+    p = subprocess.run(cmd, cwd=REPO, env=env, input=b"hi \xff\nok \xe2\x82\n/quit\n", capture_output=True, timeout=300)
+    assert p.returncode == 0, p.stderr.decode(errors="replace")
+    out = p.stdout.decode(errors="replace")
+    assert out.count("nanochat>") == 2 and "Traceback" not in p.stderr.decode(errors="replace"), out
