@@ -5,8 +5,9 @@ evaluated by `use_calculator(expr)` and its result forced back as <|output_start
 The calculator is NOT a Python sandbox: it parses with `ast` and evaluates only an allow-list
 (number literals with + - * / // % ** and unary +/-, string literals and a few str methods).
 Names, attributes other than those methods, subscripts, comprehensions, lambdas and any other
-call are refused. Results read as the training data's annotations do ("24", not "24.0"). Every intermediate value is size-checked (ints up to 1024 bits, strings up
+call are refused. Every intermediate value is size-checked (ints up to 1024 bits, strings up
 to 1000 characters) and the walk stops after a time limit, so no input can run for long.
+Results read as the training data's annotations do ("24", not "24.0").
 """
 
 import ast

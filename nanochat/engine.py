@@ -44,7 +44,7 @@ import torch
 
 from nanochat.calculator import use_calculator
 from nanochat.kv_cache import KVCache
-from nanochat.sampling import sample_rows
+from nanochat.sampling import is_greedy, sample_rows
 
 # -----------------------------------------------------------------------------
 # streaming text
@@ -425,8 +425,8 @@ class Engine:
         the cap applied first, as their distribution is the capped one."""
         forced = [bool(s.forced) for s in samples]
         choice = [s.forced.popleft() if f else None for s, f in zip(samples, forced)]
-        greedy = [i for i, s in enumerate(samples) if not forced[i] and s.temperature == 0.0]
-        sampled = [i for i, s in enumerate(samples) if not forced[i] and s.temperature != 0.0]
+        greedy = [i for i, s in enumerate(samples) if not forced[i] and is_greedy(s.temperature)]
+        sampled = [i for i, s in enumerate(samples) if not forced[i] and not is_greedy(s.temperature)]
         if greedy:
             sub = logits if len(greedy) == len(samples) else logits[torch.tensor(greedy, device=logits.device)]
             for i, t in zip(greedy, sub.argmax(dim=-1).tolist()):  # the one host sync of a greedy step

@@ -42,7 +42,7 @@ def renamed(parser, old, new):
     assert action is not None, f"renamed({old!r}, {new!r}): {new} must be added first"
     kwargs = {} if action.nargs == 0 else {"type": action.type, "choices": action.choices}
     parser.add_argument(old, dest=action.dest, action=_Renamed, new_name=new, help=argparse.SUPPRESS,
-                        nargs=action.nargs if action.nargs is not None else None, default=argparse.SUPPRESS, **kwargs)
+                        nargs=action.nargs, default=argparse.SUPPRESS, **kwargs)
 
 
 def add_compute_flags(parser):

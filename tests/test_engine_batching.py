@@ -137,6 +137,17 @@ def test_n_samples_greedy_all_equal_the_single_result(tiny_tokenizer):
     assert [c.tokens for c in out] == [naive_greedy(model, prompt, 15)] * 4
 
 
+@pytest.mark.parametrize("temperature", [1e-45, 5e-324, 5e-5])
+def test_tiny_temperatures_decode_as_greedy(tiny_tokenizer, temperature):
+    # issue 18 item 8: logits / 1e-45 overflowed to inf and the reply was garbage; below
+    # sampling.GREEDY_BELOW the engine takes its greedy path, the same tokens as temperature 0
+    tok = tiny_tokenizer
+    model = random_model(tok)
+    prompt = prompts_of(tok, [9])[0]
+    out = run_alone(model, tok, prompt, SamplingParams(max_tokens=12, temperature=temperature, seed=1, n=2), num_slots=2)
+    assert [c.tokens for c in out] == [naive_greedy(model, prompt, 12)] * 2
+
+
 def test_cancel_frees_the_slot_and_leaves_the_others_alone(tiny_tokenizer):
     tok = tiny_tokenizer
     model = random_model(tok)
