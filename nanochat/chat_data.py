@@ -9,7 +9,7 @@ tool outputs), so the loss is taken on the assistant's own tokens only.
     inputs, targets, state = next(loader)       # (B, T) / (B, W <= T) int64; state: resume position
     loader = sft_data_loader_with_state(..., resume_state=state)                     # goes on exactly
     batches, short = load_val_batches(tokenizer, task, B, T, max_batches, packed=True, device=device)
-    val_loss, val_bpb = evaluate_chat_loss(model, batches, token_bytes)
+    val_loss, val_bpb = evaluate_loss_bpb(model, batches, token_bytes)   # nanochat/loss_eval.py
 
 Spreading and epochs. Each epoch visits the task's items in a fresh seeded order (random.Random
 (f"{seed}:{epoch}")); position i of that order belongs to rank i % world_size. After a rank's last
@@ -258,24 +258,3 @@ def count_targets(batches, device):
         dist.all_reduce(counts, op=dist.ReduceOp.SUM)
     n_targets, n_tokens = counts.tolist()
     return n_targets, n_tokens
-
-
-@torch.no_grad()
-def evaluate_chat_loss(model, batches, token_bytes):
-    """(mean loss in nats per trained token, bits per byte) of `model` over `batches`, all ranks
-    together (one all-reduce). Special-token targets count in the loss but not in bpb (0 bytes)."""
-    device = token_bytes.device
-    sum_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
-    stats = torch.zeros(4, dtype=sum_dtype, device=device)  # nats, targets, nats with bytes, bytes
-    for inputs, targets in batches:
-        loss = model(inputs, targets, loss_reduction="none").view(-1).to(sum_dtype)  # (B*W,), 0 where -1
-        targets = targets.view(-1)
-        valid = targets >= 0
-        num_bytes = torch.where(valid, token_bytes[targets.clamp(min=0)], 0)
-        stats += torch.stack([loss.sum(), valid.sum().to(sum_dtype),
-                              torch.where(num_bytes > 0, loss, 0.0).sum(), num_bytes.sum().to(sum_dtype)])
-    if get_world_size() > 1:
-        dist.all_reduce(stats, op=dist.ReduceOp.SUM)
-    nats, count, byte_nats, nbytes = stats.tolist()
-    assert count > 0 and nbytes > 0, "the validation batches hold no trained targets"
-    return nats / count, byte_nats / (math.log(2) * nbytes)

@@ -7,7 +7,8 @@ Layout of one checkpoint (step formatted as 6 digits, e.g. 000500):
                            /meta_<step>.json           model_config, run args, loop and data-loader state
 Checkpoints of a pipeline stage live under get_base_dir()/<stage folder>/<model_tag>/, with stage
 folders base_checkpoints, mid_checkpoints, chat_checkpoints, rl_checkpoints and model tags
-"d<depth>" (e.g. d20). `load_model("sft", device, "eval")` picks the largest tag and the latest step.
+"d<depth>" (e.g. d20). `load_model("sft", device, "eval")` picks the largest tag and the latest step,
+and says which in the meta it returns (meta["model_tag"], meta["step"]): the one home of that choice.
 
 Atomicity. A step is written into the hidden folder <checkpoint_dir>/.tmp_<step>/ and only then
 renamed to <checkpoint_dir>/<step>/; rename is atomic on POSIX filesystems, so a folder named like a
@@ -194,6 +195,18 @@ def _load_torch(path, device, checkpoint_dir):
                               f"load another step or delete this one") from e
 
 
+def load_meta(checkpoint_dir, step=None):
+    """The meta dict of a step (default: the latest complete one), without loading any weights."""
+    step = latest_step(checkpoint_dir) if step is None else step
+    meta_path = _meta_path(os.path.join(checkpoint_dir, f"{step:06d}"), step)
+    try:
+        with open(meta_path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read checkpoint metadata {meta_path} ({e}); complete steps in "
+                              f"{checkpoint_dir}: {list_steps(checkpoint_dir)}") from e
+
+
 def load_checkpoint(checkpoint_dir, step=None, device="cpu", load_optimizer=False, rank=0):
     """(model_state, optimizer_state or None, meta) of a step (default: the latest complete one)."""
     for name in leftover_dirs(checkpoint_dir):
@@ -207,13 +220,7 @@ def load_checkpoint(checkpoint_dir, step=None, device="cpu", load_optimizer=Fals
                                 f"available steps: {list_steps(checkpoint_dir)}")
     step_dir = os.path.join(checkpoint_dir, f"{step:06d}")
     model_state = _load_torch(_model_path(step_dir, step), device, checkpoint_dir)
-    meta_path = _meta_path(step_dir, step)
-    try:
-        with open(meta_path) as f:
-            meta = json.load(f)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read checkpoint metadata {meta_path} ({e}); complete steps in "
-                              f"{checkpoint_dir}: {list_steps(checkpoint_dir)}") from e
+    meta = load_meta(checkpoint_dir, step)
     optimizer_state = None
     if load_optimizer:
         optim_path = _optim_path(step_dir, step, rank)
@@ -316,7 +323,8 @@ def build_model(checkpoint_dir, step, device, phase):
 
 
 def load_model(source, device, phase, model_tag=None, step=None):
-    """(model, tokenizer, meta) of a pipeline stage: source "base"|"mid"|"sft"|"rl"."""
+    """(model, tokenizer, meta) of a pipeline stage: source "base"|"mid"|"sft"|"rl"; model_tag None:
+    the largest d<N>, step None: the latest. meta["model_tag"] and meta["step"] are the ones loaded."""
     if source not in SOURCE_DIRS:
         raise ValueError(f"checkpoint source must be one of {sorted(SOURCE_DIRS)}, got {source!r}")
     root = os.path.join(get_base_dir(), SOURCE_DIRS[source])
@@ -328,5 +336,8 @@ def load_model(source, device, phase, model_tag=None, step=None):
     checkpoint_dir = os.path.join(root, model_tag)
     if not os.path.isdir(checkpoint_dir):
         raise FileNotFoundError(f"no model tag {model_tag!r} in {root}; it holds: {_listing(root)}")
-    logger.info(f"loading {source} model from {checkpoint_dir} (step {step if step is not None else 'latest'})")
-    return build_model(checkpoint_dir, step, device, phase)
+    if step is None:
+        step = latest_step(checkpoint_dir)
+    logger.info(f"loading {source} model from {checkpoint_dir} (step {step})")
+    model, tokenizer, meta = build_model(checkpoint_dir, step, device, phase)
+    return model, tokenizer, dict(meta, model_tag=model_tag, step=step)

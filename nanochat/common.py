@@ -220,21 +220,48 @@ def measure_matmul_flops(dtype=torch.float32, n=1024, seconds=0.5):
             return best
 
 
-def pick_compute_dtype(device_type, requested="auto"):
-    """The dtype the forward/backward matmuls run in: "auto" -> bf16 on CUDA, fp32 on MPS, and on
-    CPU bf16 only where a measured bf16 matmul is BF16_MIN_SPEEDUP x faster than fp32 (CPUs with
-    AVX-512 BF16 / AMX); "float32" / "bfloat16" force it."""
+AUTO_DTYPE_ENV = "NANOCHAT_AUTO_DTYPE"  # float32 | bfloat16: what --dtype auto decides on a CPU, unmeasured
+
+
+def measure_bf16_speedup(rounds=3, n=512, seconds=0.1):
+    """(best fp32 FLOP/s, best bf16 FLOP/s) of n x n matmuls on this CPU: `rounds` rounds, fp32 and
+    bf16 interleaved (so a neighbour's load hits both alike), each the best of `seconds` of products."""
+    fp32 = bf16 = 0.0
+    for _ in range(rounds):
+        fp32 = max(fp32, measure_matmul_flops(torch.float32, n=n, seconds=seconds))
+        bf16 = max(bf16, measure_matmul_flops(torch.bfloat16, n=n, seconds=seconds))
+    return fp32, bf16
+
+
+def decide_compute_dtype(device_type, requested="auto"):
+    """(dtype, why): the dtype the forward/backward matmuls run in, and a line that says how it was
+    chosen. "float32" / "bfloat16" force it; "auto" -> bf16 on CUDA, fp32 on MPS, and on a CPU bf16
+    only where its matmuls measure at least BF16_MIN_SPEEDUP x faster than fp32 (best of 3
+    interleaved rounds each: CPUs with AVX-512 BF16 / AMX run it ~2x faster, CPUs without ~100x
+    slower, so the margin is wide and a loaded machine does not flip it). $NANOCHAT_AUTO_DTYPE
+    (float32 | bfloat16) replaces the measurement: for tests, and for pinning a fleet of machines."""
     if requested not in COMPUTE_DTYPES:
         raise ValueError(f"compute dtype must be one of {COMPUTE_DTYPES}, got {requested!r}")
     if requested != "auto":
-        return getattr(torch, requested)
+        return getattr(torch, requested), f"--dtype {requested}"
     if device_type == "cuda":
-        return torch.bfloat16
-    if device_type == "cpu":
-        fp32 = measure_matmul_flops(torch.float32, n=512, seconds=0.2)
-        bf16 = measure_matmul_flops(torch.bfloat16, n=512, seconds=0.2)
-        return torch.bfloat16 if bf16 >= BF16_MIN_SPEEDUP * fp32 else torch.float32
-    return torch.float32
+        return torch.bfloat16, "auto: bf16 on CUDA"
+    if device_type != "cpu":
+        return torch.float32, f"auto: fp32 on {device_type}"
+    forced = os.environ.get(AUTO_DTYPE_ENV)
+    if forced:
+        if forced not in ("float32", "bfloat16"):
+            raise ValueError(f"{AUTO_DTYPE_ENV}={forced!r} must be float32 or bfloat16 (or unset to measure)")
+        return getattr(torch, forced), f"auto: {forced} from ${AUTO_DTYPE_ENV} (not measured)"
+    fp32, bf16 = measure_bf16_speedup()
+    dtype = torch.bfloat16 if bf16 >= BF16_MIN_SPEEDUP * fp32 else torch.float32
+    return dtype, (f"auto: measured bf16 {bf16 / 1e9:.1f} vs fp32 {fp32 / 1e9:.1f} GFLOP/s = {bf16 / fp32:.2f}x "
+                   f"(bf16 needs >= {BF16_MIN_SPEEDUP}x) -> {str(dtype).removeprefix('torch.')}")
+
+
+def pick_compute_dtype(device_type, requested="auto"):
+    """The dtype of decide_compute_dtype, without its explanation."""
+    return decide_compute_dtype(device_type, requested)[0]
 
 
 def autocast_ctx(device_type, dtype):
@@ -264,13 +291,3 @@ def get_peak_flops(device, dtype):
         what = str(dtype).removeprefix("torch.")
         return _cpu_peak(dtype), f"measured {what} matmul rate of {torch.get_num_threads()} CPU thread(s)"
     return None, f"{device.type}: no peak known, no MFU"
-
-
-class DummyWandb:
-    """Stands in for a wandb run when logging is off: every call does nothing."""
-
-    def log(self, *args, **kwargs):
-        pass
-
-    def finish(self):
-        pass

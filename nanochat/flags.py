@@ -13,7 +13,13 @@ conversations, completions) says `-rows`, an evaluation size says what it counts
 `--eval-items` per task). "Not given" is None, never "" or -1.
 
 Old names that users may have in their scripts keep working through `renamed`: the value goes to
-the new flag and a line on stderr names the new flag.
+the new flag and a line on stderr names the new flag. The old spelling -1 of "not given" (-1 steps,
+-1 tokens) still reads as None.
+
+The training stages add the groups of nanochat/stage.py's runner as well:
+    add_batch_flags(parser, "tokens", device_batch_size=32, total=524288)   # --total-batch-tokens
+    add_optimizer_flags(parser, init_lr_frac=0.02, warmdown_ratio=1.0)      # lrs, weight decay, schedule
+    add_run_flags(parser, horizon="one epoch", eval_every=100, save_every=None)   # cadences, --resume, wandb
 """
 
 import argparse
@@ -43,6 +49,12 @@ def renamed(parser, old, new):
     kwargs = {} if action.nargs == 0 else {"type": action.type, "choices": action.choices}
     parser.add_argument(old, dest=action.dest, action=_Renamed, new_name=new, help=argparse.SUPPRESS,
                         nargs=action.nargs, default=argparse.SUPPRESS, **kwargs)
+
+
+def optional_int(text):
+    """argparse type of a count whose "not given" is None; the old spelling -1 reads as None too."""
+    value = int(text)
+    return None if value == -1 else value
 
 
 def add_compute_flags(parser):
@@ -75,3 +87,60 @@ def add_eval_items_flag(parser, default, what="task"):
     parser.add_argument("--eval-items", type=int, default=default,
                         help=f"items per {what} and evaluation, a seeded sample of the split (default: {default or 'all'})")
     renamed(parser, "--max-per-task", "--eval-items")
+
+
+# -----------------------------------------------------------------------------
+# the training stages (nanochat/stage.py)
+
+def add_compile_flag(parser, default=None, why="on CUDA only"):
+    """--compile / --no-compile: torch.compile the model (None: on CUDA only)."""
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=default,
+                        help=f"torch.compile the model (default: {why})")
+
+
+def add_batch_flags(parser, unit, device_batch_size, total):
+    """--device-batch-size (rows per forward/backward on each device) and the optimizer step's size:
+    --total-batch-tokens (unit "tokens") or --total-batch-rows (unit "rows"), all ranks and
+    micro-steps together. The old --total-batch-size keeps working as the stage's one."""
+    assert unit in ("tokens", "rows"), f"a batch is counted in tokens or rows, not {unit!r}"
+    parser.add_argument("--device-batch-size", type=int, default=device_batch_size,
+                        help="rows per forward/backward on each device")
+    parser.add_argument(f"--total-batch-{unit}", type=int, default=total,
+                        help=f"{unit} per optimizer step, all ranks and micro-steps together")
+    renamed(parser, "--total-batch-size", f"--total-batch-{unit}")
+
+
+def add_optimizer_flags(parser, init_lr_frac=1.0, warmup_ratio=0.0, warmdown_ratio=0.2, final_lr_frac=0.0):
+    """The learning rates of GPT.setup_optimizers (x --init-lr-frac), weight decay and the lr schedule
+    of nanochat/schedules.py (warm-up, flat, warm-down to --final-lr-frac)."""
+    parser.add_argument("--embedding-lr", type=float, default=0.2, help="AdamW lr of the embedding (before width scaling)")
+    parser.add_argument("--unembedding-lr", type=float, default=0.004, help="AdamW lr of the head (before width scaling)")
+    parser.add_argument("--matrix-lr", type=float, default=0.02, help="Muon lr of the block matrices")
+    parser.add_argument("--init-lr-frac", type=float, default=init_lr_frac, help="every lr above is multiplied by this")
+    parser.add_argument("--weight-decay", type=float, default=0.0, help="weight decay of both optimizers")
+    parser.add_argument("--warmup-ratio", type=float, default=warmup_ratio,
+                        help="fraction of the horizon spent warming the lr up from 0")
+    parser.add_argument("--warmdown-ratio", type=float, default=warmdown_ratio,
+                        help="fraction of the horizon at the end spent decaying the lr")
+    parser.add_argument("--final-lr-frac", type=float, default=final_lr_frac,
+                        help="lr multiplier reached at the end of the warm-down")
+
+
+def add_run_flags(parser, horizon, eval_every, save_every=None, seed_help="seed"):
+    """--num-iterations (None: `horizon`), --eval-every and --save-every (None: only at the end;
+    --save-every 0: never), --resume, --run (wandb) and --seed."""
+    parser.add_argument("--num-iterations", type=optional_int, default=None,
+                        help=f"optimizer steps (default: {horizon})")
+    parser.add_argument("--eval-every", type=optional_int, default=eval_every,
+                        help="evaluate every N steps and at the end (None: only at the end)")
+    parser.add_argument("--save-every", type=optional_int, default=save_every,
+                        help="checkpoint every N steps and at the end (None: only at the end; 0: never)")
+    parser.add_argument("--resume", action="store_true", help="continue exactly from the latest checkpoint of the run folder")
+    parser.add_argument("--run", default=None, help="wandb run name (default: no wandb; 'dummy' is no wandb too)")
+    parser.add_argument("--seed", type=int, default=42, help=seed_help)
+
+
+def add_eval_tokens_flag(parser, default_help="20 x --total-batch-tokens"):
+    """--eval-tokens: tokens of one val-loss evaluation, all ranks together, each read at most once."""
+    parser.add_argument("--eval-tokens", type=optional_int, default=None,
+                        help=f"val tokens per evaluation, all ranks together, each read at most once (default: {default_help})")

@@ -23,7 +23,8 @@ baseline is its Task class's `baseline` attribute (0.25 for 4-way multiple choic
 generative tasks); ChatCORE is the mean over tasks of the centred accuracy
 (acc - baseline) / (1 - baseline).
 
-Used by scripts/chat_eval.py (and by later stages that evaluate during training).
+Used by scripts/chat_eval.py and scripts/chat_sft.py, which pick the Task by name in
+tasks/registry.py: this module scores the Task it is given and imports nothing from tasks/.
 """
 
 import random
@@ -35,28 +36,6 @@ import torch.distributed as dist
 from nanochat.common import get_rank, get_world_size, print0
 from nanochat.core_eval import centered_accuracy
 from nanochat.engine import Engine, SamplingParams
-from tasks.arc import ARC
-from tasks.gsm8k import GSM8K
-from tasks.humaneval import HumanEval
-from tasks.mmlu import MMLU
-from tasks.spellingbee import SpellingBee
-
-# The tasks chat_eval knows: name -> the constructor of its evaluation split.
-TASKS = {
-    "ARC-Easy": lambda: ARC("ARC-Easy", "test"),
-    "ARC-Challenge": lambda: ARC("ARC-Challenge", "test"),
-    "MMLU": lambda: MMLU("all", "test"),
-    "GSM8K": lambda: GSM8K("main", "test"),
-    "HumanEval": lambda: HumanEval(),
-    "SpellingBee": lambda: SpellingBee(size=256, split="test"),
-}
-
-
-def load_task(name):
-    """The evaluation split of a task by its chat_eval name."""
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; choose from {', '.join(TASKS)}")
-    return TASKS[name]()
 
 
 def _sum_across_ranks(*counts, device):
@@ -162,12 +141,11 @@ def evaluate_generative(model, tokenizer, task, num_samples=1, max_new_tokens=51
     return _sum_across_ranks(passed, total, device=device)
 
 
-def evaluate_task(model, tokenizer, name, task=None, batch_size=8, num_samples=1, max_new_tokens=512,
+def evaluate_task(model, tokenizer, name, task, batch_size=8, num_samples=1, max_new_tokens=512,
                   temperature=0.0, top_k=50, max_items=None, fast=True):
-    """One task by name (its evaluation split is loaded unless `task` is given): a dict with task,
-    correct, total, accuracy, baseline, centered (fractions) and seconds. fast=False runs the
-    reference paths (categorical: full logits, prompts in order; generative: one problem at a time)."""
-    task = load_task(name) if task is None else task
+    """One task (a tasks/ Task, e.g. tasks.registry.load_eval_task(name)), reported under `name`: a
+    dict with task, correct, total, accuracy, baseline, centered (fractions) and seconds. fast=False
+    runs the reference paths (categorical: full logits, prompts in order; generative: one at a time)."""
     t0 = time.time()
     if task.eval_type == "categorical":
         correct, total = evaluate_categorical(model, tokenizer, task, batch_size, max_items, fast=fast)

@@ -2,54 +2,46 @@
 Evaluate a checkpoint on CORE (the DCLM paper's 22 in-context tasks; see nanochat/core_eval.py).
 
     python -m scripts.base_eval                                   # the largest base model, latest step
-    python -m scripts.base_eval --model-tag=d4 --step=200 --max-per-task=100   # a fast approximate run
+    python -m scripts.base_eval --model-tag=d4 --step=200 --eval-items=100     # a fast approximate run
     python -m scripts.base_eval -i sft -a hellaswag,arc_easy      # a chat checkpoint, two tasks
     torchrun --nproc_per_node=8 -m scripts.base_eval              # items spread over 8 GPUs
-    NANOCHAT_DATA_DIR=../shared/data python -m scripts.base_eval --device-type=cpu --max-per-task=20
+    NANOCHAT_DATA_DIR=../shared/data python -m scripts.base_eval --device-type=cpu --eval-items=20
 
 The eval bundle comes from $NANOCHAT_DATA_DIR/core/ when a data mirror is set, else it is downloaded
 once into get_base_dir()/eval_bundle. Each task's items are shuffled with a fixed seed, so
---max-per-task N scores the same N items every time (their few-shot examples are drawn from the whole
+--eval-items N scores the same N items every time (their few-shot examples are drawn from the whole
 task). Prints one line per task as it finishes, then a table and CORE (the mean centred accuracy;
 accuracies and centred accuracies are fractions, 0..1), and records the run with
 nanochat.runlog.save_results in get_base_dir()/results/base_eval_<model_tag>_<step>.json
-(base_eval_<source>_<model_tag>_<step>.json for -i mid|sft|rl).
+(base_eval_<source>_<model_tag>_<step>.json for -i mid|sft|rl). --dtype auto as the training
+stages decide it (nanochat.common; before, autocast was bf16 on CUDA and off elsewhere).
 """
 
 import argparse
-import os
 import sys
-from contextlib import nullcontext
-
-import torch
 
 from nanochat import core_eval
-from nanochat.checkpoint_manager import SOURCE_DIRS, CheckpointError, find_largest_model, latest_step, load_model
-from nanochat.common import compute_cleanup, compute_init, get_base_dir, print0
+from nanochat.checkpoint_manager import SOURCE_DIRS, CheckpointError, load_model
+from nanochat.common import autocast_ctx, compute_cleanup, compute_init, decide_compute_dtype, get_base_dir, print0
+from nanochat.flags import add_compute_flags, add_eval_items_flag, add_source_flags
 from nanochat.core_bundle import load_core_tasks
 from nanochat.runlog import save_results
 
 parser = argparse.ArgumentParser(description="Evaluate a checkpoint on the CORE metric.")
-# model
-parser.add_argument("-i", "--source", default="base", choices=sorted(SOURCE_DIRS),
-                    help="which stage's checkpoint to evaluate (default: base)")
-parser.add_argument("--model-tag", default=None, help="model folder of that stage, e.g. d20 (default: the largest)")
-parser.add_argument("--step", type=int, default=None, help="checkpoint step to load (default: the latest)")
+add_source_flags(parser, tuple(sorted(SOURCE_DIRS)), default="base")
+add_compute_flags(parser)
 # evaluation
 parser.add_argument("-a", "--tasks", default=None,
                     help="comma-separated task labels of core.yaml (default: all 22)")
-parser.add_argument("--max-per-task", type=int, default=None,
-                    help="score only the first N items of each task after a fixed shuffle (default: all items)")
+add_eval_items_flag(parser, default=None)
 parser.add_argument("--batch-size", type=int, default=None,
                     help="items per forward pass, all options of an item together (default: 8 fast, 1 with --no-fast)")
 parser.add_argument("--fast", action=argparse.BooleanOptionalAction, default=True,
                     help="score with the head at the scored positions only and shared prefixes run once "
                          "(--no-fast: the reference path, full logits; same scores, several times slower)")
-# runtime
-parser.add_argument("--device-type", default="", help="cuda | mps | cpu (default: autodetect)")
 args = parser.parse_args()
-if args.max_per_task is not None and args.max_per_task < 1:
-    parser.error(f"--max-per-task must be a positive number of items (omit it for all), got {args.max_per_task}")
+if args.eval_items is not None and args.eval_items < 1:
+    parser.error(f"--eval-items must be a positive number of items (omit it for all), got {args.eval_items}")
 if args.batch_size is not None and args.batch_size < 1:
     parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
 task_labels = None if args.tasks is None else [t.strip() for t in args.tasks.split(",") if t.strip()]
@@ -68,7 +60,11 @@ def fail(message):
 
 info = compute_init(args.device_type)
 device, master = info.device, info.master
-autocast = torch.amp.autocast(device_type="cuda", dtype=torch.bfloat16) if info.device_type == "cuda" else nullcontext()
+try:
+    dtype, why = decide_compute_dtype(info.device_type, args.dtype)
+except ValueError as e:
+    fail(e)
+autocast = autocast_ctx(info.device_type, dtype)
 try:
     bundle_dir = core_eval.prepare_core_bundle()
     all_tasks = load_core_tasks(bundle_dir)
@@ -80,20 +76,18 @@ except ValueError as e:
     fail(f"--tasks: {e}")
 
 # -----------------------------------------------------------------------------
-# model: the tag and step are resolved here, as load_model would, so the results can name them
+# model (load_model resolves the tag and step and says which in its meta)
 
-checkpoints_root = os.path.join(get_base_dir(), SOURCE_DIRS[args.source])
 try:
-    model_tag = args.model_tag or find_largest_model(checkpoints_root)
-    step = args.step if args.step is not None else latest_step(os.path.join(checkpoints_root, model_tag))
-    model, tokenizer, meta = load_model(args.source, device, phase="eval", model_tag=model_tag, step=step)
+    model, tokenizer, meta = load_model(args.source, device, phase="eval", model_tag=args.model_tag, step=args.step)
 except (FileNotFoundError, CheckpointError) as e:
     fail(f"cannot load the {args.source} model: {e}. Train one first, or choose another with "
          f"-i/--model-tag/--step (NANOCHAT_BASE_DIR={get_base_dir()})")
+model_tag, step = meta["model_tag"], meta["step"]
 print0(f"{args.source} model {model_tag} step {step}: {model.num_params():,} parameters, "
-       f"context {model.config.sequence_len} tokens")
+       f"context {model.config.sequence_len} tokens | compute dtype {str(dtype).removeprefix('torch.')} ({why})")
 print0(f"eval bundle: {bundle_dir}; {len(tasks)} tasks; "
-       f"{'all items' if args.max_per_task is None else f'at most {args.max_per_task} items per task'}; "
+       f"{'all items' if args.eval_items is None else f'at most {args.eval_items} items per task'}; "
        f"{'fast' if args.fast else 'reference'} scoring; world size {info.world_size}")
 
 # -----------------------------------------------------------------------------
@@ -101,7 +95,7 @@ print0(f"eval bundle: {bundle_dir}; {len(tasks)} tasks; "
 
 try:
     with autocast:
-        out = core_eval.evaluate_core(model, tokenizer, device, max_per_task=args.max_per_task,
+        out = core_eval.evaluate_core(model, tokenizer, device, max_per_task=args.eval_items,
                                       tasks=[t["label"] for t in tasks], fast=args.fast,
                                       batch_size=args.batch_size, progress=master)
 except ValueError as e:  # e.g. a continuation longer than the model's context
@@ -121,7 +115,7 @@ for t in tasks:
 print0("-" * len(header))
 total_items, total_seconds = sum(r["items"] for r in results.values()), sum(r["seconds"] for r in results.values())
 print0(f"{'CORE':<34} {'':<17} {'':>5} {total_items:>6} {'':>8} {core:>+8.4f} {total_seconds:>8.1f}")
-if len(results) < len(all_tasks) or args.max_per_task is not None:
+if len(results) < len(all_tasks) or args.eval_items is not None:
     print0("(partial run: not comparable to a full CORE score)")
 
 if master:

@@ -2,9 +2,9 @@
 Evaluate a chat checkpoint (mid, sft or rl) on the chat tasks and report ChatCORE.
 
     python -m scripts.chat_eval -i sft                                  # all tasks, one process
-    python -m scripts.chat_eval -i sft -a ARC-Easy,GSM8K --max-per-task 50
+    python -m scripts.chat_eval -i sft -a ARC-Easy,GSM8K --eval-items 50
     torchrun --nproc_per_node=8 -m scripts.chat_eval -- -i sft          # items spread over 8 GPUs
-    python -m scripts.chat_eval -i sft --device-type cpu --max-per-task 20   # a quick CPU check
+    python -m scripts.chat_eval -i sft --device-type cpu --eval-items 20     # a quick CPU check
 
 Categorical tasks (ARC, MMLU) compare the logits of the answer letters; generative tasks (GSM8K,
 HumanEval, SpellingBee) sample through the engine, all of a rank's problems batched together
@@ -12,47 +12,40 @@ HumanEval, SpellingBee) sample through the engine, all of a rank's problems batc
 ChatCORE (see nanochat/task_eval.py; accuracies and centred accuracies are fractions, 0..1),
 records the run with nanochat.runlog.save_results in
 get_base_dir()/results/chat_eval_<source>_<model_tag>_<step>.json, and prints the metrics as a
-last line of JSON: {"ARC-Easy": accuracy, ..., "ChatCORE": score} (only the tasks run).
+last line of JSON: {"ARC-Easy": accuracy, ..., "ChatCORE": score} (only the tasks run). The tasks
+are tasks/registry.py's EVAL_TASKS; --dtype auto as the training stages decide it (nanochat.common).
 """
 
 import argparse
 import json
 import os
 import time
-from contextlib import nullcontext
 
-import torch
-
-from nanochat.checkpoint_manager import SOURCE_DIRS, CheckpointError, find_largest_model, latest_step, load_model
-from nanochat.common import compute_cleanup, compute_init, get_base_dir, print0
+from nanochat.checkpoint_manager import CheckpointError, load_model
+from nanochat.common import autocast_ctx, compute_cleanup, compute_init, decide_compute_dtype, print0
 from nanochat.execution import ALLOW_WEAKER_ENV, SandboxUnavailable, execute
+from nanochat.flags import add_compute_flags, add_eval_items_flag, add_reply_flags, add_source_flags
 from nanochat.runlog import save_results
-from nanochat.task_eval import TASKS, chatcore, evaluate_task
+from nanochat.task_eval import chatcore, evaluate_task
+from tasks.registry import EVAL_TASKS as TASKS
+from tasks.registry import load_eval_task
 
 parser = argparse.ArgumentParser(description="Evaluate a chat model on ARC, MMLU, GSM8K, HumanEval, SpellingBee.")
-# checkpoint
-parser.add_argument("-i", "--source", required=True, choices=["mid", "sft", "rl"], help="which stage's checkpoint")
-parser.add_argument("--model-tag", default=None, help="model tag (default: the largest model of that stage)")
-parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+add_source_flags(parser, ("mid", "sft", "rl"))
+add_compute_flags(parser)
 # tasks
 parser.add_argument("-a", "--tasks", default=",".join(TASKS),
                     help="comma-separated tasks (default: all of %(default)s)")
-parser.add_argument("--max-per-task", type=int, default=None,
-                    help="score only the first N items of each task (default: all items)")
+add_eval_items_flag(parser, default=None)
 # generation
 parser.add_argument("--num-samples", type=int, default=1, help="samples per generative item (pass@k)")
-parser.add_argument("--max-new-tokens", type=int, default=512, help="max tokens generated per sample")
-parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0 = greedy)")
-parser.add_argument("--top-k", type=int, default=50, help="top-k sampling (0 = none)")
+add_reply_flags(parser, max_new_tokens=512, temperature=0.0, top_k=50)
 parser.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (categorical tasks)")
 parser.add_argument("--fast", action=argparse.BooleanOptionalAction, default=True,
                     help="batched scoring and generation (--no-fast: the one-at-a-time reference paths)")
 parser.add_argument("--allow-weaker-sandbox", action="store_true",
                     help="run HumanEval even where some of the sandbox's walls cannot be built (not root, "
                          "not Linux); without it HumanEval is skipped there, with the missing walls named")
-# compute
-parser.add_argument("--device-type", default="", choices=["", "cuda", "mps", "cpu"], help="device (default: autodetect)")
-parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"], help="autocast dtype on CUDA")
 args = parser.parse_args()
 
 task_names = [t.strip() for t in args.tasks.split(",") if t.strip()]
@@ -62,8 +55,8 @@ if unknown or not task_names:
 for flag in ("num_samples", "max_new_tokens", "batch_size"):
     if getattr(args, flag) < 1:
         parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
-if args.max_per_task is not None and args.max_per_task < 1:
-    parser.error(f"--max-per-task must be a positive number of items (omit it for all), got {args.max_per_task}")
+if args.eval_items is not None and args.eval_items < 1:
+    parser.error(f"--eval-items must be a positive number of items (omit it for all), got {args.eval_items}")
 if args.temperature < 0:
     parser.error(f"--temperature must be >= 0, got {args.temperature}")
 if args.top_k < 0:
@@ -84,26 +77,25 @@ if "HumanEval" in task_names:  # the sandbox says here, before any model runs, w
             parser.exit(1, "chat_eval: no task left to run\n")
 
 compute = compute_init(args.device_type)
-# the tag and step are resolved here, as load_model would, so the results can name them
-root = os.path.join(get_base_dir(), SOURCE_DIRS[args.source])
 try:
-    model_tag = args.model_tag or find_largest_model(root)
-    step = args.step if args.step is not None else latest_step(os.path.join(root, model_tag))
-    model, tokenizer, _ = load_model(args.source, compute.device, phase="eval", model_tag=model_tag, step=step)
+    model, tokenizer, meta = load_model(args.source, compute.device, phase="eval", model_tag=args.model_tag, step=args.step)
 except (FileNotFoundError, CheckpointError) as e:
     compute_cleanup()
     parser.exit(1, f"chat_eval: cannot load the {args.source} checkpoint: {e}\n")
-print0(f"{args.source} model {model_tag} step {step}: {model.num_params():,} parameters")
-autocast = (torch.amp.autocast(device_type="cuda", dtype=getattr(torch, args.dtype))
-            if compute.device_type == "cuda" else nullcontext())
+model_tag, step = meta["model_tag"], meta["step"]
+dtype, why = decide_compute_dtype(compute.device_type, args.dtype)
+autocast = autocast_ctx(compute.device_type, dtype)
+print0(f"{args.source} model {model_tag} step {step}: {model.num_params():,} parameters | compute dtype "
+       f"{str(dtype).removeprefix('torch.')} ({why})")
 
 results = {}
 t0 = time.time()
 with autocast:
     for name in task_names:
-        r = evaluate_task(model, tokenizer, name, batch_size=args.batch_size, num_samples=args.num_samples,
-                          max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                          top_k=args.top_k or None, max_items=args.max_per_task, fast=args.fast)
+        r = evaluate_task(model, tokenizer, name, load_eval_task(name), batch_size=args.batch_size,
+                          num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
+                          temperature=args.temperature, top_k=args.top_k or None, max_items=args.eval_items,
+                          fast=args.fast)
         results[name] = r
         print0(f"{name:<14} {r['correct']:>5}/{r['total']:<5} accuracy {r['accuracy']:.4f}  ({r['seconds']:.1f}s)",
                flush=True)

@@ -5,7 +5,7 @@ per-question mean baseline.
     python -m scripts.chat_rl                                          # one process: 1 GPU, MPS or CPU
     torchrun --nproc_per_node=8 -m scripts.chat_rl -- --run=rl_d20     # 8 GPUs: the questions are spread over ranks
     NANOCHAT_DATA_DIR=../shared/data python -m scripts.chat_rl --device-type=cpu --questions-per-step=4 \
-        --num-samples=4 --max-new-tokens=128 --num-iterations=20 --eval-every=10 --eval-examples=20
+        --num-samples=4 --max-new-tokens=128 --num-iterations=20 --eval-every=10 --eval-items=20
                                                                        # a small CPU run
 Under torchrun put "--" before the script's flags (as for base_train).
 
@@ -26,6 +26,9 @@ value function; no entropy bonus. The prompt and forced tool outputs get no grad
 <|assistant_end|> that the model sampled does (it learns when to stop). A reply cut off at
 --max-new-tokens keeps its tokens and its reward. A question whose n samples all got the same reward
 has A = 0 everywhere: its replies are not forwarded, but their tokens still count in the normaliser.
+A step whose every advantage is 0 (on all ranks) has nothing to learn: its optimizer step is skipped
+(logged as skipped_update), so the weights and the optimizer state stay bitwise as they were; an
+AdamW/Muon step on zero gradients would still move them (momentum, weight decay).
 
 The optimizers start fresh (the source's optimizer state is not loaded); Muon's momentum stays at
 0.95 (no warm-up: the weights are already trained). Rewards are computed on tokenizer.decode of the
@@ -37,8 +40,8 @@ depend on which rank or batch slot they land in (up to float rounding of batched
 flip a rare sample). The data position is a function of the step, so --resume reproduces the
 uninterrupted run's samples, rewards and losses exactly. SIGTERM finishes the step, saves, exits 0.
 
-Evaluation every --eval-every steps (and at the end): on the first --eval-examples questions of the
-test split, --eval-samples completions each at the training temperature: pass@1 (mean fraction
+Evaluation every --eval-every steps (and at the end): on --eval-items questions of the test split
+(a seeded sample, nanochat.task_eval.eval_indices, the same every time), --eval-samples completions each at the training temperature: pass@1 (mean fraction
 correct) and pass@k (fraction of questions with any correct sample), k = --eval-samples. Greedy
 accuracy is scripts/chat_eval's job.
 
@@ -47,79 +50,57 @@ The run folder get_base_dir()/rl_checkpoints/<model tag> (the source's tag) hold
 evaluation), samples.jsonl (every --log-samples steps: rank 0's replies with their tokens, masks,
 rewards and advantages), summary.json and loss.svg; the final metrics go to
 get_base_dir()/results/ (nanochat.runlog.save_results, stage "chat_rl").
---task spellingbee (SpellingBee: count a letter, with the calculator) is a small side task for
-quick runs and tests. The model is not compiled: prompt and reply lengths vary from step to step.
+--task (tasks/registry.py, RL_TASKS): spellingbee (count a letter, with the calculator) is a small
+side task for quick runs and tests. The shared mechanics (flags, set-up, resume, SIGTERM, cadences,
+progress line, summary, results) are nanochat/stage.py's. The model is not compiled: prompt and reply lengths vary from step to step.
 """
 
 import argparse
 import functools
-import importlib.util
 import json
 import os
 import random
-import sys
 import time
-from dataclasses import asdict
 
 import torch
 import torch.distributed as dist
 
-from nanochat.checkpoint_manager import SOURCE_DIRS, CheckpointError, find_largest_model, load_model, \
-    load_training_state, save_training_state
-from nanochat.common import COMPUTE_DTYPES, atomic_write, autocast_ctx, compute_cleanup, compute_init, get_base_dir, \
-    get_dist_info, pick_compute_dtype, print0
+from nanochat.common import atomic_write, print0
 from nanochat.engine import Engine, SamplingParams
-from nanochat.runlog import ProgressMeter, RunLog, StopFlag, finish_run, save_results
-from nanochat.schedules import lr_multiplier, set_lr
-
-TASKS = ("gsm8k", "spellingbee")
-SPELLINGBEE_TRAIN_SIZE = 10_000
+from nanochat.flags import add_compute_flags, add_eval_items_flag, add_optimizer_flags, add_reply_flags, \
+    add_run_flags, add_source_flags, renamed
+from nanochat.stage import Stage, due
+from nanochat.task_eval import eval_indices
+from tasks.registry import RL_TASKS, load_rl_task
 
 parser = argparse.ArgumentParser(description="RL (policy gradient with a group-mean baseline) on GSM8K.")
-# runtime
-parser.add_argument("--device-type", default="", help="cuda | mps | cpu (default: autodetect)")
-parser.add_argument("--dtype", default="auto", choices=COMPUTE_DTYPES,
-                    help="compute dtype: auto = bf16 on CUDA, and on CPU where bf16 matmuls measure faster than fp32")
-parser.add_argument("--run", default="dummy", help="wandb run name; 'dummy' (default) disables wandb")
-parser.add_argument("--seed", type=int, default=42, help="seed of the question order and of sampling")
-# source checkpoint
-parser.add_argument("--source", default="sft", choices=["sft", "mid"], help="the stage to start from")
-parser.add_argument("--model-tag", default=None, help="the source's model tag, also the run folder name (default: its largest)")
-parser.add_argument("--step", type=int, default=None, help="the source's checkpoint step (default: its latest)")
+add_compute_flags(parser)
+add_source_flags(parser, ("sft", "mid"), default="sft", help_tag="the source's model tag, also the run folder name "
+                                                                 "(default: its largest)")
+add_run_flags(parser, horizon="one pass over the train split", eval_every=60, save_every=60,
+              seed_help="seed of the question order and of sampling")
 # task and sampling
-parser.add_argument("--task", default="gsm8k", choices=TASKS, help="the task (train split to learn, test split to evaluate)")
+parser.add_argument("--task", default="gsm8k", choices=tuple(RL_TASKS), help="the task (train split to learn, test split to evaluate)")
 parser.add_argument("--questions-per-step", type=int, default=16, help="questions per optimizer step, all ranks together")
 parser.add_argument("--num-samples", type=int, default=16, help="completions sampled per question (the group)")
-parser.add_argument("--max-new-tokens", type=int, default=256, help="longest completion, in tokens (forced ones included)")
-parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (> 0)")
-parser.add_argument("--top-k", type=int, default=50, help="sample from the k most likely tokens (0: all)")
+add_reply_flags(parser, max_new_tokens=256, temperature=1.0, top_k=50)
 parser.add_argument("--num-slots", type=int, default=0,
                     help="completions the engine decodes at once (0: all of a rank's step, its share of Q x n)")
 # optimization
-parser.add_argument("--num-iterations", type=int, default=-1, help="optimizer steps (-1: one pass over the train split)")
-parser.add_argument("--device-batch-size", type=int, default=8, help="completions per forward/backward on each device")
-parser.add_argument("--embedding-lr", type=float, default=0.2, help="AdamW lr of the embedding (before width scaling)")
-parser.add_argument("--unembedding-lr", type=float, default=0.004, help="AdamW lr of the head (before width scaling)")
-parser.add_argument("--matrix-lr", type=float, default=0.02, help="Muon lr of the block matrices")
-parser.add_argument("--init-lr-frac", type=float, default=0.05, help="every lr above is multiplied by this (fine-tuning)")
-parser.add_argument("--weight-decay", type=float, default=0.0, help="weight decay of both optimizers")
-parser.add_argument("--warmdown-ratio", type=float, default=1.0,
-                    help="fraction of the horizon at the end over which the lr decays linearly (1: from the start)")
-parser.add_argument("--final-lr-frac", type=float, default=0.0, help="lr multiplier reached at the end")
-# evaluation
-parser.add_argument("--eval-every", type=int, default=60, help="evaluate pass@k every N steps (and at the end; -1: only at the end)")
-parser.add_argument("--eval-examples", type=int, default=400, help="test questions per evaluation (0: no evaluation)")
+parser.add_argument("--device-batch-size", type=int, default=8, help="completions (rows) per forward/backward on each device")
+add_optimizer_flags(parser, init_lr_frac=0.05, warmdown_ratio=1.0)
+# evaluation and output
+add_eval_items_flag(parser, default=400, what="evaluation (0: none); test questions")
+renamed(parser, "--eval-examples", "--eval-items")
 parser.add_argument("--eval-samples", type=int, default=8, help="samples per test question: pass@1 and pass@k for k = this")
-# output
-parser.add_argument("--save-every", type=int, default=60, help="checkpoint every N steps and at the end (-1: only at the end; 0: never)")
 parser.add_argument("--log-samples", type=int, default=100, help="write rank 0's replies to samples.jsonl every N steps (-1: never)")
-parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint of the run folder")
 args = parser.parse_args()
 
 # -----------------------------------------------------------------------------
 # check the flags before any process group exists (every rank exits the same way)
 
-_, rank, _, world_size = get_dist_info()
+run = Stage("chat_rl", parser, args)
+world_size, rank = run.world_size, run.rank
 if args.questions_per_step < 1 or args.questions_per_step % world_size:
     parser.error(f"--questions-per-step={args.questions_per_step} must be a positive multiple of the number of ranks "
                  f"({world_size}): every rank takes the same number of questions")
@@ -131,66 +112,49 @@ if args.temperature <= 0:
 for flag in ("max_new_tokens", "device_batch_size", "eval_samples"):
     if getattr(args, flag) < 1:
         parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
-if args.top_k < 0 or args.num_slots < 0 or args.eval_examples < 0:
-    parser.error("--top-k, --num-slots and --eval-examples must be >= 0")
-if not 0 <= args.warmdown_ratio <= 1 or args.init_lr_frac <= 0:
-    parser.error("--warmdown-ratio must lie in [0, 1] and --init-lr-frac be > 0")
-if args.run != "dummy" and importlib.util.find_spec("wandb") is None:
-    parser.error(f"--run={args.run} asks for wandb logging, but wandb is not installed: "
-                 f"`uv pip install wandb` (and `wandb login`), or pass --run=dummy")
-
-
-def load_tasks(name):
-    """(train task, test task) of --task."""
-    if name == "gsm8k":
-        from tasks.gsm8k import GSM8K
-        return GSM8K("main", "train"), GSM8K("main", "test")
-    from tasks.spellingbee import SpellingBee
-    return SpellingBee(size=SPELLINGBEE_TRAIN_SIZE, split="train"), SpellingBee(size=256, split="test")
-
-
+if args.top_k < 0 or args.num_slots < 0 or (args.eval_items or 0) < 0:
+    parser.error("--top-k, --num-slots and --eval-items must be >= 0")
 try:
-    train_task, test_task = load_tasks(args.task)
+    train_task, test_task = load_rl_task(args.task)
 except (FileNotFoundError, RuntimeError, ValueError) as e:  # no data mirror file, no `datasets`, an empty word list
-    sys.exit(f"chat_rl: error: cannot load the {args.task} task: {e}")
+    run.fail(f"cannot load the {args.task} task: {e}")
 questions_per_rank = args.questions_per_step // world_size
-num_iterations = args.num_iterations if args.num_iterations > 0 else len(train_task) // args.questions_per_step
+num_iterations = args.num_iterations or len(train_task) // args.questions_per_step
 if num_iterations < 1:
-    sys.exit(f"chat_rl: error: the {args.task} train split has {len(train_task)} questions, fewer than "
+    run.fail(f"the {args.task} train split has {len(train_task)} questions, fewer than "
              f"--questions-per-step={args.questions_per_step}; lower it or set --num-iterations")
 
 # -----------------------------------------------------------------------------
 # compute, source model
 
-try:
-    compute = compute_init(args.device_type, seed=args.seed)
-except (ValueError, RuntimeError) as e:
-    sys.exit(f"chat_rl: error: {e}")
-device, device_type, master = compute.device, compute.device_type, compute.master
-dtype = pick_compute_dtype(device_type, args.dtype)
-autocast = autocast_ctx(device_type, dtype)
-try:
-    model_tag = args.model_tag or find_largest_model(os.path.join(get_base_dir(), SOURCE_DIRS[args.source]))
-    model, tokenizer, source_meta = load_model(args.source, device, "train", model_tag, args.step)
-except (FileNotFoundError, CheckpointError) as e:
-    sys.exit(f"chat_rl: error: cannot load the {args.source} checkpoint to start from: {e}")
-config = model.config
-source_step = source_meta.get("step", args.step)
-run_dir = os.path.join(get_base_dir(), SOURCE_DIRS["rl"], model_tag)
+run.init_compute()
+device = run.device
+model, tokenizer, _ = run.load_source(args.source)
+config, model_tag, source_step = model.config, run.source["model_tag"], run.source["step"]
+run.set_run_dir("rl", model_tag)
+# The flags that decide which questions and samples a step sees: a resume must keep them.
+TRAJECTORY_FLAGS = ("task", "seed", "questions_per_step", "num_samples", "max_new_tokens", "temperature", "top_k")
+if run.resume_meta is not None:
+    changed = [f for f in TRAJECTORY_FLAGS if run.resume_meta["user_config"].get(f) != getattr(args, f)]
+    if changed:
+        run.fail(f"--resume: the run in {run.run_dir} was started with other " +
+                 ", ".join(f"--{f.replace('_', '-')}={run.resume_meta['user_config'].get(f)}" for f in changed) +
+                 "; resume with the run's own flags")
+dtype, autocast = run.pick_dtype()
 assistant_end = tokenizer.encode_special("<|assistant_end|>")
 
 # Every KV-cache slot holds the longest prompt plus --max-new-tokens, so a reply is cut only by
 # --max-new-tokens, never by the length of the prompt or of the other prompts in the batch.
-n_eval = min(args.eval_examples, len(test_task))
-longest_prompt = max(len(tokenizer.render_for_completion(task[i]))
-                     for task, n in ((train_task, len(train_task)), (test_task, n_eval)) for i in range(n))
+eval_items = eval_indices(len(test_task), args.eval_items) if args.eval_items != 0 else []
+longest_prompt = max([len(tokenizer.render_for_completion(train_task[i])) for i in range(len(train_task))] +
+                     [len(tokenizer.render_for_completion(test_task[i])) for i in eval_items])
 slot_len = longest_prompt + args.max_new_tokens
 num_slots = args.num_slots or max(questions_per_rank * args.num_samples, args.eval_samples)
 if slot_len > model.cos.size(1):
-    sys.exit(f"chat_rl: error: the longest prompt ({longest_prompt} tokens) + --max-new-tokens={args.max_new_tokens} "
+    run.fail(f"the longest prompt ({longest_prompt} tokens) + --max-new-tokens={args.max_new_tokens} "
              f"exceeds the model's {model.cos.size(1)} rotary positions; lower --max-new-tokens")
 if num_slots < max(args.num_samples, args.eval_samples):
-    sys.exit(f"chat_rl: error: --num-slots={num_slots} cannot hold the {max(args.num_samples, args.eval_samples)} "
+    run.fail(f"--num-slots={num_slots} cannot hold the {max(args.num_samples, args.eval_samples)} "
              f"samples of one question (--num-samples, --eval-samples); raise it")
 head_dim = config.n_embd // config.n_head
 kv_bytes = num_slots * slot_len * config.n_layer * 2 * config.n_kv_head * head_dim * torch.finfo(dtype).bits // 8
@@ -200,67 +164,26 @@ print0(f"source: {args.source} {model_tag} step {source_step} | {config.n_layer}
 print0(f"task {args.task}: {len(train_task):,} train questions, {len(test_task):,} test | {num_iterations:,} steps of "
        f"{args.questions_per_step} questions x {args.num_samples} samples ({world_size} rank(s), {questions_per_rank} "
        f"question(s) each) | max {args.max_new_tokens} new tokens, temperature {args.temperature}, "
-       f"top-k {args.top_k or 'off'}")
-print0(f"compute dtype {str(dtype).removeprefix('torch.')} | lr x{args.init_lr_frac} (matrix {args.matrix_lr}, "
-       f"embedding {args.embedding_lr}, unembedding {args.unembedding_lr}), linear decay over the last "
-       f"{100 * args.warmdown_ratio:g}% | run folder {run_dir}")
+       f"top-k {args.top_k or 'off'} | lr decay over the last {100 * args.warmdown_ratio:g}%")
 print0(f"engine: {num_slots} slots of {slot_len} positions (longest prompt {longest_prompt} + "
        f"{args.max_new_tokens} new), KV cache {kv_bytes / 2 ** 30:.2f} GiB")
-
-optimizers = model.setup_optimizers(unembedding_lr=args.unembedding_lr, embedding_lr=args.embedding_lr,
-                                    matrix_lr=args.matrix_lr, weight_decay=args.weight_decay)
-adamw, muon = optimizers
-for opt in optimizers:  # fine-tuning: every lr scaled down, and the schedule scales from there
-    for group in opt.param_groups:
-        group["lr"] = group["initial_lr"] = group["initial_lr"] * args.init_lr_frac
-if device_type == "cpu" and dtype == torch.bfloat16:
-    for group in muon.param_groups:  # Newton-Schulz in the dtype the matmuls are fast in
-        group["ns_dtype"] = "bfloat16"
+optimizers = run.setup_optimizers(model)  # fine-tuning: every lr x --init-lr-frac, the schedule scales from there
 
 # -----------------------------------------------------------------------------
 # resume, logging
 
-# The flags that decide which questions and samples a step sees: a resume must keep them.
-TRAJECTORY_FLAGS = ("task", "seed", "questions_per_step", "num_samples", "max_new_tokens", "temperature", "top_k")
-meter = ProgressMeter(None, None, None, world_size, num_iterations)  # tokens vary per step; MFU of decoding: n/a
-step = 0
-loop = dict(eval=None, last_reward=None)
-if args.resume:
-    try:
-        step, data_position, meta = load_training_state(run_dir, model, optimizers, device, asdict(config))
-    except (FileNotFoundError, CheckpointError) as e:
-        sys.exit(f"chat_rl: error: --resume: {e}")
-    changed = [f for f in TRAJECTORY_FLAGS if meta["user_config"].get(f) != getattr(args, f)]
-    if changed:
-        sys.exit(f"chat_rl: error: --resume: the run in {run_dir} was started with other " +
-                 ", ".join(f"--{f.replace('_', '-')}={meta['user_config'].get(f)}" for f in changed) +
-                 "; resume with the run's own flags")
-    assert data_position == step * args.questions_per_step, f"data position {data_position} is not step {step} x Q"
-    loop = meta["loop_state"]
-    meter.load_state_dict(loop.pop("meter"))
-    print0(f"resumed from {run_dir} at step {step}")
-
-wandb_run = None
-if args.run != "dummy" and master:
-    import wandb
-    wandb_run = wandb.init(project="nanochat", name=args.run, config=vars(args))
-log = RunLog(run_dir, master, resume_step=step if args.resume else None, wandb_run=wandb_run)
-samples_path = os.path.join(run_dir, "samples.jsonl")
-if master:  # like log.jsonl: keep the steps before the resume point, drop the rest
+run.meta_extra = dict(source=args.source, source_step=source_step)
+data_position = run.start(dict(eval=None, last_reward=None), None, None, num_iterations)  # MFU of decoding: n/a
+assert data_position in (None, run.step * args.questions_per_step), f"data position {data_position} is not step x Q"
+run.data_state = run.step * args.questions_per_step  # the data position is a function of the step
+samples_path = os.path.join(run.run_dir, "samples.jsonl")
+if run.master:  # like log.jsonl: keep the steps before the resume point, drop the rest
     kept = []
     if args.resume and os.path.exists(samples_path):
         with open(samples_path) as f:
-            kept = [line for line in f if line.endswith("\n") and json.loads(line)["step"] < step]
+            kept = [line for line in f if line.endswith("\n") and json.loads(line)["step"] < run.step]
     atomic_write(samples_path, lambda f: f.writelines(kept))
-stop = StopFlag()
 engine = Engine(model, tokenizer, num_slots=num_slots, max_seq_len=slot_len)
-
-
-def save(step):
-    meta = dict(model_config=asdict(config), user_config=vars(args), source=args.source, source_step=source_step,
-                loop_state=dict(loop, meter=meter.state_dict()))
-    save_training_state(run_dir, step, model, optimizers, meta, loader_state=step * args.questions_per_step)
-    print0(f"saved checkpoint of step {step} to {run_dir}")
 
 
 @functools.lru_cache(maxsize=2)
@@ -296,9 +219,12 @@ def sum_over_ranks(values):
 
 
 @torch.no_grad()
-def evaluate(step):
-    """pass@1 and pass@k on the first --eval-examples test questions, spread over ranks."""
-    indices = list(range(rank, n_eval, world_size))
+def evaluate(step, last):
+    """pass@1 and pass@k on the --eval-items test questions, spread over ranks."""
+    if not eval_items or not due(step, args.eval_every, last):
+        return
+    t0 = time.perf_counter()
+    indices = eval_items[rank::world_size]
     conversations = [test_task[i] for i in indices]
     params = [SamplingParams(max_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k or None,
                              seed=eval_seed(i), n=args.eval_samples) for i in indices]
@@ -311,32 +237,17 @@ def evaluate(step):
         frac_correct += sum(correct) / len(correct)
         any_correct += float(any(correct))
     frac_correct, any_correct, total = sum_over_ranks([frac_correct, any_correct, len(indices)])
-    return {"pass@1": frac_correct / total, f"pass@{args.eval_samples}": any_correct / total,
-            "eval_questions": int(total)}
+    run.loop["eval"] = {"pass@1": frac_correct / total, f"pass@{args.eval_samples}": any_correct / total,
+                        "eval_questions": int(total)}
+    scores = " | ".join(f"{k} {v:.4f}" for k, v in run.loop["eval"].items() if k.startswith("pass@"))
+    run.record_eval(f"{scores} on {int(total)} test questions | eval {time.perf_counter() - t0:.1f}s",
+                    **run.loop["eval"], train_time=run.meter.train_time)
 
 
 # -----------------------------------------------------------------------------
-# the loop: step counts the optimizer steps done so far
+# the loop
 
-stopping = False
-while True:
-    if stopping:  # SIGTERM on some rank during the last step: every rank saves and leaves together
-        save(step)
-        print0(f"stopped on SIGTERM after step {step}; continue with the same flags plus --resume")
-        break
-    last_step = step >= num_iterations
-    if args.eval_examples > 0 and (last_step or (args.eval_every > 0 and step % args.eval_every == 0)):
-        t0 = time.perf_counter()
-        loop["eval"] = evaluate(step)
-        scores = " | ".join(f"{k} {v:.4f}" for k, v in loop["eval"].items() if k.startswith("pass@"))
-        print0(f"step {step:05d} | {scores} on {loop['eval']['eval_questions']} test questions "
-               f"| eval {time.perf_counter() - t0:.1f}s")
-        log.record(dict(step=step, **loop["eval"], train_time=meter.train_time))
-    if (last_step and args.save_every != 0) or (args.save_every > 0 and step % args.save_every == 0 and step > 0):
-        save(step)
-    if last_step:
-        break
-
+for step in run.steps(evaluate):
     # 1) sample: this rank's questions of the step, num_samples completions each, in one batched decode
     t0 = time.perf_counter()
     first = step * args.questions_per_step
@@ -369,21 +280,20 @@ while True:
             sampled_tokens += sum(c.masks) + len(stop_tail)
             forced_tokens += len(c.masks) - sum(c.masks)
             stopped += len(stop_tail)
-            if master and args.log_samples > 0 and step % args.log_samples == 0:
+            if run.master and args.log_samples > 0 and step % args.log_samples == 0:
                 samples.append(dict(step=step, question=index, text=text, tokens=c.tokens, masks=c.masks,
                                     finish_reason=c.finish_reason, reward=r, advantage=r - baseline))
     if samples:
         with open(samples_path, "a") as f:
             f.writelines(json.dumps(s) + "\n" for s in samples)
-    n_completions = len(rows)
-    totals = sum_over_ranks([sampled_tokens, forced_tokens, reward_sum, n_completions, stopped])
-    all_sampled, all_forced, all_reward, all_completions, all_stopped = totals
+    active = [row for row in rows if row[2] != 0]  # A = 0: no gradient; not forwarded
+    totals = sum_over_ranks([sampled_tokens, forced_tokens, reward_sum, len(rows), stopped, len(active)])
+    all_sampled, all_forced, all_reward, all_completions, all_stopped, all_active = totals
     t_sample = time.perf_counter() - t0
 
     # 3) policy gradient: sum over sampled tokens of -A log p, over the sampled tokens of all ranks. The
     # optimizers average gradients over ranks, so each rank's part is scaled by world_size.
     loss_sum = torch.zeros((), device=device)
-    active = [row for row in rows if row[2] != 0]  # A = 0: no gradient; not forwarded
     for b in range(0, len(active), args.device_batch_size):
         batch = active[b:b + args.device_batch_size]
         T = max(len(ids) for ids, _, _ in batch) - 1
@@ -401,41 +311,29 @@ while True:
         loss = (nll * advantages[:, None]).sum() / all_sampled
         loss_sum += loss.detach()
         (loss * world_size).backward()
-    for p in model.parameters():  # every rank steps every parameter (the optimizers' collectives need it)
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    lrm = lr_multiplier(step / num_iterations, 0.0, args.warmdown_ratio, args.final_lr_frac)
-    set_lr(optimizers, lrm)
-    for opt in optimizers:
-        opt.step()
-    model.zero_grad(set_to_none=True)
-    train_loss, stopping = stop.reduce(loss_sum * world_size, device)  # mean over ranks of world x part = the loss
-    if device_type == "cuda":
-        torch.cuda.synchronize()
+    skip = all_active == 0  # every advantage of the step is 0, on every rank: nothing to learn
+    if not skip:
+        for p in model.parameters():  # every rank steps every parameter (the optimizers' collectives need it)
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+    lrm = run.optimizer_step(momentum_warmup=False, skip=skip)  # Muon's momentum stays 0.95: already trained
+    if skip:
+        print0(f"step {step:05d} | every advantage is 0: optimizer step skipped, the weights are unchanged")
+    train_loss = run.reduce(loss_sum * world_size)  # mean over ranks of world x part = the loss
     dt = time.perf_counter() - t0
-    reward = all_reward / all_completions
-    loop["last_reward"] = reward
-    line, rec = meter.update(step, train_loss, dt, lrm=lrm, tokens=int(all_sampled + all_forced), device=device,
-                             reward=reward, sample_s=t_sample, train_s=dt - t_sample)
-    print0(line, flush=True)
-    log.record(dict(rec, sampled_tokens=int(all_sampled), forced_tokens=int(all_forced),
-                    mean_reply_tokens=(all_sampled + all_forced) / all_completions,
-                    frac_stopped=all_stopped / all_completions, active_completions=len(active)))
-    step += 1
+    run.loop["last_reward"] = reward = all_reward / all_completions
+    run.data_state = (step + 1) * args.questions_per_step
+    run.log_step(train_loss, dt, lrm=lrm, tokens=int(all_sampled + all_forced), reward=reward, sample_s=t_sample,
+                 train_s=dt - t_sample,
+                 log_extra=dict(sampled_tokens=int(all_sampled), forced_tokens=int(all_forced),
+                                mean_reply_tokens=(all_sampled + all_forced) / all_completions,
+                                frac_stopped=all_stopped / all_completions, active_completions=len(active),
+                                skipped_update=skip))
 
 # -----------------------------------------------------------------------------
 # summary
 
-summary = dict(step=step, final_eval=loop["eval"], last_reward=loop["last_reward"], **meter.summary(),
-               compute_dtype=str(dtype).removeprefix("torch."), stopped_on_sigterm=stopping)
-if master and not stopping:
-    artifacts = finish_run(run_dir, summary, master)
-    metrics = dict(loop["eval"] or {}, last_reward=loop["last_reward"], training_time_s=summary["training_time_s"],
-                   tok_per_s=summary["tok_per_s"], compute_dtype=summary["compute_dtype"])
-    print0("final: " + " | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
-    save_results("chat_rl", name=f"chat_rl_{model_tag}", source=args.source, model_tag=model_tag, step=step,
-                 config=vars(args), metrics=metrics, artifacts=dict(artifacts, samples=samples_path),
-                 extra=dict(source_step=source_step))
-if wandb_run is not None:
-    wandb_run.finish()
-compute_cleanup()
+loop = run.loop
+run.finish(dict(final_eval=loop["eval"], last_reward=loop["last_reward"]),
+           metrics=dict(loop["eval"] or {}, last_reward=loop["last_reward"]),
+           artifacts=dict(samples=samples_path), extra=dict(source_step=source_step))

@@ -7,7 +7,7 @@ and running a stage script as a subprocess.
     base = make_base_dir(tmp / "base", tokenizer)   # <base>/tokenizer and <base>/base_checkpoints/d1/000000
     ids, trained = reference_render(tokenizer, conversation)
     out = run_stage("scripts.chat_sft", env, "--num-iterations=4")
-    results = run_stages_at_once("scripts.chat_sft", [(env, ["--total-batch-size=3"]), ...])   # error cases
+    results = run_stages_at_once("scripts.chat_sft", [(env, ["--total-batch-rows=3"]), ...])   # error cases
     code, output = interrupt("scripts.mid_train", env, flags, run_dir, signal.SIGTERM, after_step=15)
     steps, evals = check_preempted_then_killed_run_resumes("scripts.mid_train", env, flags, run_dir, 60, 10)
 

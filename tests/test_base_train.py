@@ -40,7 +40,7 @@ B, T = 2, 32
 WORDS = ("the model learns to predict the next token from a large amount of text and then it is fine tuned "
          "on conversations so that it answers questions politely and correctly").split()
 COMMON = ["--depth=1", "--aspect-ratio=32", "--head-dim=16", f"--max-seq-len={T}", f"--device-batch-size={B}",
-          f"--total-batch-size={2 * B * T}", f"--eval-tokens={2 * B * T}", "--sample-every=-1", "--packing=concat",
+          f"--total-batch-tokens={2 * B * T}", f"--eval-tokens={2 * B * T}", "--sample-every=-1", "--packing=concat",
           "--run=dummy"]
 
 
@@ -167,7 +167,7 @@ def test_tiny_model_learns_and_base_loss_agrees(env):
     assert lrms[31] == lrms[32] == 1.0 and lrms[33] == pytest.approx(0.875) and lrms[39] == pytest.approx(0.125)
     # base_loss on the final checkpoint evaluates the same val rows: the same bpb
     out = subprocess.run([sys.executable, "-m", "scripts.base_loss", "--model-tag=learn", f"--device-batch-size={B}",
-                          f"--split-tokens={2 * B * T}", "--max-tokens=4"],
+                          f"--eval-tokens={2 * B * T}", "--max-new-tokens=4"],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -207,10 +207,10 @@ def uninterrupted(env):
     return read_log(env, "whole")
 
 
-def interrupt(env, tag, sig, after_step=15):
+def interrupt(env, tag, sig, after_step=15, flags=RESUME_FLAGS):
     """Start a run and send it `sig` once its log shows a step >= after_step; return its exit status and output."""
     log = os.path.join(env["NANOCHAT_BASE_DIR"], "base_checkpoints", tag, "log.jsonl")
-    proc = subprocess.Popen(train_cmd(*RESUME_FLAGS, f"--model-tag={tag}"), cwd=REPO, env=env,
+    proc = subprocess.Popen(train_cmd(*flags, f"--model-tag={tag}"), cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -243,11 +243,33 @@ def test_killed_run_resumes_exactly(env, uninterrupted, sig):
     assert resumed_bpb == whole_bpb
 
 
+def test_resume_under_dtype_auto_keeps_the_checkpoints_dtype(env):
+    """--dtype auto decided bf16 (forced through $NANOCHAT_AUTO_DTYPE, so that the test does not depend
+    on this CPU); preempted and resumed where auto would now decide fp32, the run goes on in bf16 and
+    matches the uninterrupted auto run exactly. An explicit other --dtype is refused."""
+    flags = ["--num-iterations=40", "--save-every=5", "--eval-every=20", "--dtype=auto"]
+    bf16, fp32 = dict(env, NANOCHAT_AUTO_DTYPE="bfloat16"), dict(env, NANOCHAT_AUTO_DTYPE="float32")
+    out = run_train(bf16, *flags, "--model-tag=auto_whole")
+    assert "compute dtype bfloat16 (auto: bfloat16 from $NANOCHAT_AUTO_DTYPE" in out.stdout, out.stdout[-2000:]
+    code, output = interrupt(bf16, "auto_cut", signal.SIGTERM, after_step=7, flags=flags)
+    assert code == 0 and "stopped on SIGTERM" in output, output[-3000:]
+    cut, _ = read_log(env, "auto_cut")
+    assert max(cut) < 39, "the run finished before it was interrupted; the test did not test anything"
+    refused = run_train(fp32, *flags, "--model-tag=auto_cut", "--resume", "--dtype=float32", check=False)
+    assert refused.returncode != 0 and "trains in bfloat16, not --dtype float32" in refused.stderr, refused.stderr[-2000:]
+    out = run_train(fp32, *flags, "--model-tag=auto_cut", "--resume")
+    assert "compute dtype bfloat16 (bfloat16, the dtype of the checkpoint resumed)" in out.stdout, out.stdout[-2000:]
+    assert read_log(env, "auto_cut") == read_log(env, "auto_whole")
+    fp32_run = run_train(fp32, *flags, "--model-tag=auto_fp32")  # and auto -> fp32 does differ
+    assert "compute dtype float32" in fp32_run.stdout
+    assert read_log(env, "auto_fp32")[0][0] != read_log(env, "auto_whole")[0][0]  # step 0: the init, in fp32
+
+
 # -----------------------------------------------------------------------------
 # errors
 
 @pytest.mark.parametrize("flags, env_change, message", [
-    (["--total-batch-size=100"], {}, "--total-batch-size=100 is not a multiple"),
+    (["--total-batch-size=100"], {}, "--total-batch-tokens=100 is not a multiple"),  # the old name still works
     (["--depth=0"], {}, "--depth must be >= 1"),
     (["--run=myrun"], {}, "wandb is not installed"),
     (["--resume", "--model-tag=never_saved"], {}, "--resume"),

@@ -18,9 +18,10 @@ import pytest
 import torch
 
 from chat_stage_fixtures import reference_render, write_mirror
-from nanochat.chat_data import epoch_order, evaluate_chat_loss, load_val_batches, mid_data_loader_with_state, \
+from nanochat.chat_data import epoch_order, load_val_batches, mid_data_loader_with_state, \
     rank_share, sft_data_loader_with_state
 from nanochat.gpt import GPT, GPTConfig
+from nanochat.loss_eval import evaluate_loss_bpb
 from tasks.arc import ARC
 from tasks.common import Task, TaskMixture
 from tasks.gsm8k import GSM8K
@@ -257,7 +258,7 @@ def test_chat_loss_and_bpb_match_a_naive_recompute(components, tiny_tokenizer):
                         if token_bytes[y] > 0:
                             byte_nats -= logp[b, t, y].item()
                             nbytes += token_bytes[y].item()
-    loss, bpb = evaluate_chat_loss(model, batches, token_bytes)
+    loss, bpb = evaluate_loss_bpb(model, batches, token_bytes)
     assert loss == pytest.approx(nats / count, rel=1e-5)
     assert bpb == pytest.approx(byte_nats / (math.log(2) * nbytes), rel=1e-5)
 

@@ -59,8 +59,8 @@ def run_chat_eval(env, *flags):
 
 def test_chat_eval_end_to_end(chat_setup, tiny_tokenizer, monkeypatch):
     model, env, base = chat_setup
-    proc = run_chat_eval(env, "-i", "sft", "-a", "ARC-Easy,GSM8K", "--max-per-task", "5",
-                         "--max-new-tokens", "8", "--device-type", "cpu")
+    proc = run_chat_eval(env, "-i", "sft", "-a", "ARC-Easy,GSM8K", "--eval-items", "5",
+                         "--max-new-tokens", "8", "--device-type", "cpu", "--dtype", "float32")  # as the reference below
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ChatCORE (over 2 of 6 tasks)" in proc.stdout
     printed = json.loads(proc.stdout.strip().splitlines()[-1])  # the last line: the metrics as JSON
@@ -71,7 +71,7 @@ def test_chat_eval_end_to_end(chat_setup, tiny_tokenizer, monkeypatch):
     assert record["metrics"] == printed and set(printed) == {"ARC-Easy", "GSM8K", "ChatCORE"}
     tasks = record["extra"]["tasks"]
     assert tasks["ARC-Easy"]["total"] == 5 and tasks["GSM8K"]["total"] == 3
-    assert record["config"]["max_per_task"] == 5
+    assert record["config"]["eval_items"] == 5
     assert printed["ChatCORE"] == pytest.approx((tasks["ARC-Easy"]["centered"] + printed["GSM8K"]) / 2)
 
     # the same accuracy in-process, from the same weights and data, on the reference path
@@ -86,8 +86,8 @@ def test_chat_eval_bad_input_gives_clear_errors(chat_setup):
     _, env, _ = chat_setup
     proc = run_chat_eval(env, "-i", "sft", "-a", "ARC-Easy,Trivia")
     assert proc.returncode != 0 and "unknown task" in proc.stderr and "Traceback" not in proc.stderr
-    proc = run_chat_eval(env, "-i", "sft", "--max-per-task", "0")
-    assert proc.returncode != 0 and "--max-per-task" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_chat_eval(env, "-i", "sft", "--max-per-task", "0")  # the old name still works, and says the new one
+    assert proc.returncode != 0 and "--eval-items must be" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_chat_eval(env, "-i", "rl", "--device-type", "cpu")
     assert proc.returncode == 1 and "cannot load the rl checkpoint" in proc.stderr
     assert "Traceback" not in proc.stderr

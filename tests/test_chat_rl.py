@@ -44,7 +44,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TAG = "d1"
 COMMON = ["--task=spellingbee", "--device-type=cpu", "--dtype=float32", "--questions-per-step=4", "--num-samples=4",
           "--max-new-tokens=8", "--top-k=0", "--device-batch-size=6", "--init-lr-frac=1.0", "--warmdown-ratio=0.2",
-          "--eval-examples=4", "--eval-samples=4", "--run=dummy"]
+          "--eval-items=4", "--eval-samples=4", "--run=dummy"]
 RUN_FLAGS = ["--num-iterations=40", "--save-every=5", "--eval-every=20", "--log-samples=1"]
 
 
@@ -217,7 +217,7 @@ def test_two_ranks_match_one_process(tmp_path, tiny_tokenizer):
     Later steps drift apart on this toy: Adam turns rounding-level differences of near-zero
     gradients (eps 1e-10) into full-size updates, and near-uniform junk samples then flip."""
     env = make_env(tmp_path, tiny_tokenizer)
-    flags = ["--num-iterations=2", "--save-every=0", "--eval-every=-1", "--eval-examples=0", "--log-samples=-1"]
+    flags = ["--num-iterations=2", "--save-every=0", "--eval-every=-1", "--eval-items=0", "--log-samples=-1"]
     run_rl(env, *flags)
     single, _ = read_log(env)
     out = run_rl(env, *flags, nproc=2)
@@ -226,6 +226,26 @@ def test_two_ranks_match_one_process(tmp_path, tiny_tokenizer):
     for s in range(2):
         assert ddp[s][1] == single[s][1], f"step {s}: rewards differ, so the samples did: {ddp[s]} vs {single[s]}"
         assert ddp[s][0] == pytest.approx(single[s][0], rel=1e-4, abs=1e-6), f"step {s}: {ddp[s]} vs {single[s]}"
+
+
+def test_a_step_whose_advantages_are_all_zero_leaves_the_weights_bitwise(tmp_path, tiny_tokenizer, monkeypatch):
+    """At a temperature this low the toy policy always calls the calculator on "0" (the logit gap is
+    ~0.9, so "1" has probability ~e^-900): every sample of a question gets the same reward, every
+    advantage is 0, and each step's optimizer step must be skipped. With weight decay an AdamW/Muon
+    step on zero gradients would still shrink the weights (and momentum would move them)."""
+    env = make_env(tmp_path, tiny_tokenizer)
+    out = run_rl(env, "--num-iterations=3", "--temperature=0.001", "--weight-decay=0.1", "--save-every=3",
+                 "--eval-items=0", "--log-samples=-1")
+    assert out.stdout.count("optimizer step skipped") == 3, out.stdout[-3000:]
+    records = read_jsonl(os.path.join(run_dir(env), "log.jsonl"))
+    assert [r["skipped_update"] for r in records if "loss" in r] == [True] * 3
+    assert all(r["active_completions"] == 0 and r["loss"] == 0.0 for r in records if "loss" in r)
+    monkeypatch.setenv("NANOCHAT_BASE_DIR", env["NANOCHAT_BASE_DIR"])
+    trained, _, meta = load_model("rl", "cpu", "eval")
+    assert meta["step"] == 3
+    source, _, _ = load_model("sft", "cpu", "eval")
+    for (name, a), b in zip(trained.state_dict().items(), source.state_dict().values()):
+        assert torch.equal(a, b), f"{name} moved on steps with nothing to learn"
 
 
 # -----------------------------------------------------------------------------
@@ -279,7 +299,7 @@ def break_source(base):
 
 @pytest.mark.parametrize("flags, change, message", [
     (["--num-samples=1"], None, "--num-samples must be at least 2"),
-    (["--source=mid"], None, "cannot load the mid checkpoint"),
+    (["--source=mid"], None, "cannot load the mid model"),
     (["--model-tag=d7"], None, "no model tag 'd7'"),
     (["--resume"], None, "--resume"),
     (["--task=gsm8k"], None, "cannot load the gsm8k task"),

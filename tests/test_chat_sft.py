@@ -31,9 +31,9 @@ from tasks.customjson import CustomJSON
 
 MODULE = "scripts.chat_sft"
 COMMON = ["--source=base", "--identity-size=20", "--spelling-size=10", "--chat-size=-1", "--dtype=float32",
-          "--init-lr-frac=1.0", "--eval-rows=8", "--eval-tasks=ARC-Easy,MMLU", "--eval-metrics-max-items=4",
+          "--init-lr-frac=1.0", "--eval-rows=8", "--eval-tasks=ARC-Easy,MMLU", "--eval-items=4",
           "--run=dummy"]
-RESUME_FLAGS = ["--device-batch-size=1", "--total-batch-size=2", "--num-iterations=60", "--save-every=10",
+RESUME_FLAGS = ["--device-batch-size=1", "--total-batch-rows=2", "--num-iterations=60", "--save-every=10",
                 "--eval-every=20", "--eval-metrics-every=30"]
 LONG_PROMPT = " ".join(["the model learns to predict the next token"] * 12)  # far more than a 64-token row
 
@@ -168,7 +168,7 @@ def test_bad_inputs_give_clear_errors(env, tmp_path):
     cases = [
         ([f"--custom-json={bad}"], f"{bad}:2: a conversation needs at least a user and an assistant message"),
         (["--source=mid"], "cannot load the mid model"),
-        (["--device-batch-size=2", "--total-batch-size=3"], "--total-batch-size=3 is not a multiple"),
+        (["--device-batch-size=2", "--total-batch-size=3"], "--total-batch-rows=3 is not a multiple"),  # old name
     ]
     results = run_stages_at_once(MODULE, [(env, [*COMMON, "--num-iterations=2", *flags]) for flags, _ in cases])
     for (flags, message), (code, stdout, stderr) in zip(cases, results):

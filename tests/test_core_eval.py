@@ -489,7 +489,7 @@ def test_base_eval_end_to_end(tiny_tokenizer, tmp_path, monkeypatch):
                               cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
                               timeout=600)
 
-    proc = base_eval("--max-per-task", "3")
+    proc = base_eval("--eval-items", "3", "--dtype", "float32")  # fp32, as the reference below
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(base / "results" / "base_eval_d2_000005.json") as f:
         record = json.load(f)
@@ -498,7 +498,7 @@ def test_base_eval_end_to_end(tiny_tokenizer, tmp_path, monkeypatch):
     expected = core_eval.evaluate_core(model, tiny_tokenizer, "cpu", max_per_task=3, fast=False, batch_size=1)
     assert record["metrics"] == pytest.approx(
         {"CORE": expected["core"], **{label: r["centered"] for label, r in expected["tasks"].items()}})
-    assert record["extra"]["tasks"]["mc_task"]["items"] == 3 and record["config"]["max_per_task"] == 3
+    assert record["extra"]["tasks"]["mc_task"]["items"] == 3 and record["config"]["eval_items"] == 3
 
     proc = base_eval("-i", "sft", "-a", "lm_task")  # another stage's checkpoint: its own record
     assert proc.returncode == 0, proc.stderr[-3000:]

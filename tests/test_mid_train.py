@@ -22,7 +22,7 @@ from chat_stage_fixtures import check_preempted_then_killed_run_resumes, make_ba
 from nanochat.checkpoint_manager import SOURCE_DIRS, load_model
 
 MODULE = "scripts.mid_train"
-COMMON = ["--device-batch-size=2", "--total-batch-size=256", "--identity-size=20", "--spelling-size=10",
+COMMON = ["--device-batch-size=2", "--total-batch-tokens=256", "--identity-size=20", "--spelling-size=10",
           "--dtype=float32", "--eval-tokens=512", "--run=dummy"]
 RESUME_FLAGS = ["--num-iterations=60", "--save-every=10", "--eval-every=20"]
 
@@ -85,7 +85,7 @@ def test_bad_inputs_give_clear_errors(env, tmp_path, tiny_tokenizer):
     cases = [
         (env, ["--model-tag=d9"], "no model tag 'd9'"),
         (dict(env, NANOCHAT_BASE_DIR=wrong), [], "has no 'model_config'"),
-        (env, ["--total-batch-size=100"], "--total-batch-size=100 is not a multiple"),
+        (env, ["--total-batch-size=100"], "--total-batch-tokens=100 is not a multiple"),  # the old name still works
     ]
     results = run_stages_at_once(MODULE, [(e, [*COMMON, "--num-iterations=2", *flags]) for e, flags, _ in cases])
     for (_, flags, message), (code, stdout, stderr) in zip(cases, results):

@@ -18,9 +18,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from nanochat.task_eval import (TASKS, chatcore, eval_indices, evaluate_categorical, evaluate_generative, evaluate_task,
+from nanochat.task_eval import (chatcore, eval_indices, evaluate_categorical, evaluate_generative, evaluate_task,
                                  letter_token_ids)
 from tasks.arc import ARC
+from tasks.registry import EVAL_TASKS as TASKS
 from tasks.common import Task, evaluate_letter, render_mc
 from tasks.gsm8k import GSM8K
 from tasks.humaneval import HumanEval
