@@ -20,7 +20,6 @@ cd "$(dirname "$0")"
 
 PORT=${PORT:-8000}
 export NANOCHAT_BASE_DIR=${NANOCHAT_BASE_DIR:-$HOME/.cache/nanochat}
-mkdir -p "$NANOCHAT_BASE_DIR/runcpu"
 
 # -----------------------------------------------------------------------------
 # set-up: uv (from PyPI), a Rust toolchain for the tokenizer, the virtual environment (~2 min when fresh)
@@ -36,29 +35,8 @@ fi
 uv sync --inexact  # --inexact: leave alone packages installed into .venv by hand
 source .venv/bin/activate
 
-redo=${FORCE:-0}
-stage() {  # stage NAME OUTPUT COMMAND...: as in speedrun.sh (OUTPUT "-": none; deleted before a redo)
-    local name=$1 output=$2; shift 2
-    local marker="$NANOCHAT_BASE_DIR/runcpu/$name.done" log="$NANOCHAT_BASE_DIR/runcpu/$name.log"
-    local cmd; cmd=$(printf '%q ' "$@")
-    if [[ $redo != 1 && -f $marker && "$(cat "$marker")" == "$cmd" && ( $output == - || -e $output ) ]]; then
-        echo "[runcpu] $name: done before, skipped (FORCE=1 redoes it)"
-        return
-    fi
-    redo=1
-    rm -f "$marker"
-    [[ $output == - ]] || rm -rf "$output"
-    echo "[runcpu] $name: $cmd"
-    local t0=$SECONDS
-    if "$@" 2>&1 | tee "$log"; then
-        echo "$cmd" > "$marker"
-        echo "[runcpu] $name: done in $((SECONDS - t0))s"
-    else
-        local rc=${PIPESTATUS[0]}
-        echo "[runcpu] FAILED at stage $name (exit status $rc); its output is in $log" >&2
-        exit 1
-    fi
-}
+STAGE_LABEL=runcpu
+source scripts/stage.sh  # stage NAME OUTPUT COMMAND...: run it unless it already succeeded
 B=$NANOCHAT_BASE_DIR
 TAG=d4
 
@@ -75,29 +53,29 @@ stage tok_eval - python -m scripts.tok_eval --val-docs=200
 # base model (~11 min): depth 4 (width 256), context 512, 8K tokens a step, for 10 minutes of
 # training (the lr schedule spans that budget; evaluation is not counted). Val bpb ~1.8.
 stage base_train "$B/base_checkpoints/$TAG" python -m scripts.base_train --depth=4 --max-seq-len=512 \
-    --device-batch-size=8 --total-batch-size=8192 --max-train-minutes=10 --eval-every=-1 \
+    --device-batch-size=8 --total-batch-tokens=8192 --max-train-minutes=10 --eval-every=-1 \
     --eval-tokens=65536 --sample-every=-1
-stage base_loss - python -m scripts.base_loss --model-tag=$TAG --device-batch-size=8 --split-tokens=65536 \
-    --max-tokens=16
-stage base_eval - python -m scripts.base_eval --model-tag=$TAG --max-per-task=8  # CORE on 8 items per task
+stage base_loss - python -m scripts.base_loss --model-tag=$TAG --device-batch-size=8 --eval-tokens=65536 \
+    --max-new-tokens=16
+stage base_eval - python -m scripts.base_eval --model-tag=$TAG --eval-items=8  # CORE on 8 items per task
 
 # mid-training (~4 min) and SFT (~4 min): the identity conversations (tasks/identity.py) are made a
 # large share of both mixtures, so that this small a model learns who it is.
 stage mid_train "$B/mid_checkpoints/$TAG" python -m scripts.mid_train --model-tag=$TAG --device-batch-size=8 \
-    --total-batch-size=8192 --num-iterations=60 --identity-size=3000 --spelling-size=1000 --eval-every=-1 \
+    --total-batch-tokens=8192 --num-iterations=60 --identity-size=3000 --spelling-size=1000 --eval-every=-1 \
     --eval-tokens=16384
-stage chat_eval_mid - python -m scripts.chat_eval -i mid --model-tag=$TAG --max-per-task=16 --max-new-tokens=96
+stage chat_eval_mid - python -m scripts.chat_eval -i mid --model-tag=$TAG --eval-items=16 --max-new-tokens=96
 stage chat_sft "$B/chat_checkpoints/$TAG" python -m scripts.chat_sft --model-tag=$TAG --device-batch-size=4 \
-    --total-batch-size=16 --num-iterations=100 --chat-size=1000 --identity-size=3000 --spelling-size=300 \
-    --eval-every=-1 --eval-rows=64 --eval-tasks=ARC-Easy --eval-metrics-every=-1 --eval-metrics-max-items=32
-stage chat_eval_sft - python -m scripts.chat_eval -i sft --model-tag=$TAG --max-per-task=16 --max-new-tokens=96
+    --total-batch-rows=16 --num-iterations=100 --chat-size=1000 --identity-size=3000 --spelling-size=300 \
+    --eval-every=-1 --eval-rows=64 --eval-tasks=ARC-Easy --eval-metrics-every=-1 --eval-items=32
+stage chat_eval_sft - python -m scripts.chat_eval -i sft --model-tag=$TAG --eval-items=16 --max-new-tokens=96
 
 # RL (~3 min) on the spelling task: GSM8K's reward is ~always 0 for a model this small, so every
 # advantage would be 0 and nothing would be learned; counting letters gives it some signal.
 stage chat_rl "$B/rl_checkpoints/$TAG" python -m scripts.chat_rl --model-tag=$TAG --task=spellingbee \
     --questions-per-step=4 --num-samples=4 --max-new-tokens=64 --device-batch-size=8 --num-iterations=15 \
-    --eval-every=-1 --eval-examples=16 --eval-samples=2 --save-every=-1 --log-samples=-1
-stage chat_eval_rl - python -m scripts.chat_eval -i rl --model-tag=$TAG --max-per-task=16 --max-new-tokens=96
+    --eval-every=-1 --eval-items=16 --eval-samples=2 --log-samples=-1
+stage chat_eval_rl - python -m scripts.chat_eval -i rl --model-tag=$TAG --eval-items=16 --max-new-tokens=96
 
 python -m nanochat.report generate --copy-to "$CALLER_DIR"
 

@@ -32,7 +32,6 @@ RUN_RL=${RUN_RL:-1}
 WANDB_RUN=${WANDB_RUN:-dummy}
 export NANOCHAT_BASE_DIR=${NANOCHAT_BASE_DIR:-$HOME/.cache/nanochat}
 export OMP_NUM_THREADS=1  # torchrun starts one process per GPU (or per core in tiny mode): no oversubscription
-mkdir -p "$NANOCHAT_BASE_DIR/speedrun"
 
 # -----------------------------------------------------------------------------
 # set-up (~2 minutes on a fresh node): uv, a Rust toolchain for the tokenizer, the virtual environment
@@ -63,31 +62,8 @@ else
 fi
 TORCHRUN=(torchrun --standalone --nproc_per_node="$NPROC")
 
-redo=${FORCE:-0}
-stage() {  # stage NAME OUTPUT COMMAND...: run COMMAND unless it already succeeded (see the top)
-    # OUTPUT ("-": none) is the folder or file the stage makes: a skip needs it to exist, and a redo
-    # deletes it first, so that no checkpoint of an earlier run (a later step) is picked up downstream.
-    local name=$1 output=$2; shift 2
-    local marker="$NANOCHAT_BASE_DIR/speedrun/$name.done" log="$NANOCHAT_BASE_DIR/speedrun/$name.log"
-    local cmd; cmd=$(printf '%q ' "$@")
-    if [[ $redo != 1 && -f $marker && "$(cat "$marker")" == "$cmd" && ( $output == - || -e $output ) ]]; then
-        echo "[speedrun] $name: done before, skipped (FORCE=1 redoes it)"
-        return
-    fi
-    redo=1
-    rm -f "$marker"
-    [[ $output == - ]] || rm -rf "$output"
-    echo "[speedrun] $name: $cmd"
-    local t0=$SECONDS
-    if "$@" 2>&1 | tee "$log"; then
-        echo "$cmd" > "$marker"
-        echo "[speedrun] $name: done in $((SECONDS - t0))s"
-    else
-        local rc=${PIPESTATUS[0]}
-        echo "[speedrun] FAILED at stage $name (exit status $rc); its output is in $log" >&2
-        exit 1
-    fi
-}
+STAGE_LABEL=speedrun
+source scripts/stage.sh  # stage NAME OUTPUT COMMAND...: run it unless it already succeeded (see the top)
 
 # -----------------------------------------------------------------------------
 # settings: the reference run, and the tiny one that proves this script on a CPU
@@ -97,18 +73,18 @@ if [[ $TINY == 1 ]]; then
     DEPTH=2
     TOK=(--max-chars=2000000 --vocab-size=1024)
     TOK_EVAL=(--val-docs=50 --reference-timeout=2)
-    BASE=(--depth=2 --max-seq-len=128 --device-batch-size=4 --total-batch-size=1024 --num-iterations=10
+    BASE=(--depth=2 --max-seq-len=128 --device-batch-size=4 --total-batch-tokens=1024 --num-iterations=10
           --eval-every=-1 --eval-tokens=2048 --sample-every=-1)
-    BASE_LOSS=(--device-batch-size=4 --split-tokens=2048 --max-tokens=8)
-    CORE=(--max-per-task=4)
-    MID=(--num-iterations=4 --device-batch-size=2 --total-batch-size=512 --eval-every=-1 --eval-tokens=1024
+    BASE_LOSS=(--device-batch-size=4 --eval-tokens=2048 --max-new-tokens=8)
+    CORE=(--eval-items=4)
+    MID=(--num-iterations=4 --device-batch-size=2 --total-batch-tokens=512 --eval-every=-1 --eval-tokens=1024
          --identity-size=20 --spelling-size=20)
-    SFT=(--num-iterations=4 --device-batch-size=2 --total-batch-size=4 --chat-size=20 --identity-size=20
+    SFT=(--num-iterations=4 --device-batch-size=2 --total-batch-rows=4 --chat-size=20 --identity-size=20
          --spelling-size=10 --eval-every=-1 --eval-rows=4 --eval-tasks=ARC-Easy --eval-metrics-every=-1
-         --eval-metrics-max-items=2)
+         --eval-items=2)
     RL=(--questions-per-step=2 --num-samples=2 --max-new-tokens=16 --device-batch-size=2 --num-iterations=2
-        --eval-every=-1 --eval-examples=2 --eval-samples=2 --save-every=-1 --log-samples=-1)
-    CHAT_EVAL=(--max-per-task=4 --max-new-tokens=16 --batch-size=4)
+        --eval-every=-1 --eval-items=2 --eval-samples=2 --log-samples=-1)
+    CHAT_EVAL=(--eval-items=4 --max-new-tokens=16 --batch-size=4)
 else
     TOK=(--max-chars=2000000000)      # 2B characters of the first shards, vocab 32768
     TOK_EVAL=(--val-docs=1000)
