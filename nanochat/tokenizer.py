@@ -412,14 +412,6 @@ class Tokenizer:
             raise ValueError("render_for_completion: the last message must be the assistant's (the reply to generate)")
         return self.render_for_reply(messages[:-1])
 
-    def visualize(self, ids, mask=None):
-        """Debug view: tokens joined by '|', masked-in tokens in green (for a terminal)."""
-        out = []
-        for k, i in enumerate(ids):
-            piece = self.decode([i])
-            out.append(f"\033[92m{piece}\033[0m" if mask is not None and mask[k] else piece)
-        return "|".join(out)
-
     # -------------------------------------------------------------------------
     # Hugging Face export
 

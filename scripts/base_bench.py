@@ -24,6 +24,7 @@ import sys
 import tempfile
 
 from nanochat.common import get_base_dir
+from nanochat.flags import DEVICE_TYPES, renamed
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHECKPOINTS = (2, 5, 10)  # minutes of training time at which val bpb is reported
@@ -33,9 +34,10 @@ parser.add_argument("--minutes", type=float, default=10.0, help="training-time b
 parser.add_argument("--depth", type=int, default=4, help="model depth")
 parser.add_argument("--max-seq-len", type=int, default=512, help="sequence length")
 parser.add_argument("--device-batch-size", type=int, default=8, help="rows per forward/backward")
-parser.add_argument("--total-batch-size", type=int, default=4096, help="tokens per optimizer step")
+parser.add_argument("--total-batch-tokens", type=int, default=4096, help="tokens per optimizer step")
+renamed(parser, "--total-batch-size", "--total-batch-tokens")
 parser.add_argument("--eval-tokens", type=int, default=16384, help="val tokens per evaluation")
-parser.add_argument("--device-type", default="", help="cuda | mps | cpu (default: autodetect)")
+parser.add_argument("--device-type", default=None, choices=DEVICE_TYPES, help="device (default: autodetect)")
 parser.add_argument("--data-dir", default=None, help="data mirror (default: $NANOCHAT_DATA_DIR, else ../shared/data)")
 args = parser.parse_args()
 
@@ -51,10 +53,10 @@ with tempfile.TemporaryDirectory(prefix="nanochat_bench_") as base_dir:
     env = dict(os.environ, NANOCHAT_BASE_DIR=base_dir, NANOCHAT_DATA_DIR=os.path.abspath(data_dir))
     eval_at = ",".join(str(m) for m in CHECKPOINTS if m < args.minutes)
     cmd = [sys.executable, "-m", "scripts.base_train", f"--depth={args.depth}", f"--max-seq-len={args.max_seq_len}",
-           f"--device-batch-size={args.device_batch_size}", f"--total-batch-size={args.total_batch_size}",
+           f"--device-batch-size={args.device_batch_size}", f"--total-batch-tokens={args.total_batch_tokens}",
            f"--max-train-minutes={args.minutes}", f"--eval-at-minutes={eval_at}", "--eval-every=-1",
            f"--eval-tokens={args.eval_tokens}", "--sample-every=-1", "--save-every=0", "--model-tag=bench",
-           f"--device-type={args.device_type}"]
+           *([f"--device-type={args.device_type}"] if args.device_type else [])]
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=REPO_ROOT, env=env, check=True)
     run_dir = os.path.join(base_dir, "base_checkpoints", "bench")
@@ -75,6 +77,6 @@ for m in CHECKPOINTS:
     else:  # the first evaluation once the training time passed m minutes
         result[f"bpb_at_{m}min"] = next(r["val_bpb"] for r in evals if r["train_time"] >= m * 60)
 result.update(minutes=args.minutes, depth=args.depth, max_seq_len=args.max_seq_len,
-              total_batch_size=args.total_batch_size, steps=summary["step"], total_tokens=summary["total_tokens"])
+              total_batch_tokens=args.total_batch_tokens, steps=summary["step"], total_tokens=summary["total_tokens"])
 print(f"tok/s {result['tok_per_s']:,.0f} | MFU {100 * (result['mfu'] or 0):.1f}% | {summary['step']} steps")
 print(json.dumps(result))

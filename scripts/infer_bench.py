@@ -3,8 +3,8 @@ Inference benchmark on this CPU: our Engine vs Hugging Face transformers, same m
 
 Model: depth 4, the base_train shape (width 256, head dim 128 => 2 heads, vocab 32768, context
 2048), random init, fp32. The reference is a LlamaForCausalLM of the same depth, width, heads and
-vocab (SwiGLU intermediate 8/3 * width rounded up to a multiple of 64: the same MLP parameter
-count; untied embeddings), as in scripts/model_bench.py. Greedy decoding; neither model can stop
+vocab (nanochat/llama_reference.py: SwiGLU intermediate 8/3 * width rounded up to a multiple of
+64, ~the same MLP parameter count; untied embeddings), as in scripts/model_bench.py. Greedy decoding; neither model can stop
 early (our stop tokens are ids the model never emits; HF has no eos), so both decode exactly the
 requested tokens. tok/s counts new tokens of all sequences; times include prefill.
 
@@ -16,7 +16,7 @@ requested tokens. tok/s counts new tokens of all sequences; times include prefil
    --continuous-batching`), its paged cache sized for the workload (ContinuousBatchingConfig
    num_blocks / max_batch_tokens: its defaults size the cache from the machine's memory and were
    slower here). Also our 16-sequence rate over our 1-sequence rate.
-3. --core: CORE with --core-max-per-task items per task, nanochat.core_eval.evaluate_core(fast=True)
+3. --core: CORE with --core-eval-items items per task, nanochat.core_eval.evaluate_core(fast=True)
    vs fast=False on the same random model (needs NANOCHAT_DATA_DIR and a trained tokenizer), the
    speedup and whether the scores are identical.
 
@@ -45,7 +45,9 @@ import time
 import torch
 
 from nanochat.engine import Engine, SamplingParams
+from nanochat.flags import renamed
 from nanochat.gpt import GPT, GPTConfig
+from nanochat.llama_reference import llama_like
 
 parser = argparse.ArgumentParser(description="Inference benchmark: nanochat Engine vs HF transformers (CPU)")
 # what to run
@@ -68,7 +70,8 @@ parser.add_argument("--cb-prompt-lens", type=str, default="16,256",
                     help="continuous batching: prompt lengths spread evenly over this range (min,max)")
 # CORE
 parser.add_argument("--core", action="store_true", help="also time CORE, evaluate_core fast vs slow (needs NANOCHAT_DATA_DIR)")
-parser.add_argument("--core-max-per-task", type=int, default=20, help="CORE items per task")
+parser.add_argument("--core-eval-items", type=int, default=20, help="CORE items per task")
+renamed(parser, "--core-max-per-task", "--core-eval-items")
 # machine
 parser.add_argument("--runs", type=int, default=3, help="interleaved rounds; medians are reported")
 parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
@@ -97,23 +100,19 @@ class BenchTokenizer:
         return {bytes([i % 256]) + i.to_bytes(2, "little"): i for i in range(args.vocab_size)}
 
 
+WIDTH = 64 * args.depth
+CONFIG = GPTConfig(sequence_len=args.seq_len, vocab_size=args.vocab_size, n_layer=args.depth, n_head=WIDTH // 128,
+                   n_kv_head=WIDTH // 128, n_embd=WIDTH)
+
+
 def make_ours():
-    width = 64 * args.depth
-    cfg = GPTConfig(sequence_len=args.seq_len, vocab_size=args.vocab_size, n_layer=args.depth,
-                    n_head=width // 128, n_kv_head=width // 128, n_embd=width)
-    model = GPT(cfg)
+    model = GPT(CONFIG)
     model.init_weights()
     return model.eval()
 
 
 def make_llama():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    width = 64 * args.depth
-    cfg = LlamaConfig(vocab_size=args.vocab_size, hidden_size=width, intermediate_size=64 * math.ceil(8 * width / 3 / 64),
-                      num_hidden_layers=args.depth, num_attention_heads=width // 128, num_key_value_heads=width // 128,
-                      max_position_embeddings=args.seq_len, tie_word_embeddings=False, attn_implementation="sdpa")
-    model = LlamaForCausalLM(cfg).eval()
+    model = llama_like(CONFIG).eval()
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = 0
     return model
@@ -247,7 +246,7 @@ if args.core:
                               n_head=64 * args.depth // 128, n_kv_head=64 * args.depth // 128, n_embd=64 * args.depth))
         model.init_weights()
         model.eval()
-        k = args.core_max_per_task
+        k = args.core_eval_items
         t0 = time.perf_counter()
         fast = core_eval.evaluate_core(model, tokenizer, "cpu", max_per_task=k, fast=True)
         t_fast = time.perf_counter() - t0

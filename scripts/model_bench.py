@@ -3,9 +3,9 @@ Benchmark the GPT against Hugging Face transformers' LlamaForCausalLM on this CP
 
 1. Training throughput: full steps (forward, backward, optimizer) at depth 4 and 6, sequence 512,
    vocab 32768, width 64*depth, head dim 64 (heads = width/64). Ours uses setup_optimizers()
-   (Muon + AdamW from nanochat.optim); Llama (same depth, width, heads, vocab; SwiGLU MLP of
-   intermediate size 8/3*width rounded up to a multiple of 64, i.e. the same MLP parameter count;
-   untied embeddings) uses torch.optim.AdamW. The two runs are interleaved and medians reported.
+   (Muon + AdamW from nanochat.optim); Llama (nanochat/llama_reference.py: same depth, width, heads,
+   vocab; SwiGLU MLP of intermediate size 8/3*width rounded up to a multiple of 64, ~the same MLP
+   parameter count; untied embeddings) uses torch.optim.AdamW. The two runs are interleaved and medians reported.
    MFU = estimate_flops() * tokens/s / (fp32 matmul rate measured here, nanochat.common.measure_matmul_flops);
    Llama's FLOPs per token come from the same formula on its own parameters:
    6 * (params - embedding) + 12 * layers * heads * head_dim * seq_len.
@@ -23,7 +23,6 @@ The last line of output is one JSON object with the headline numbers.
 
 import argparse
 import json
-import math
 import statistics
 import time
 
@@ -32,6 +31,7 @@ import torch
 from nanochat.common import measure_matmul_flops
 from nanochat.engine import Engine
 from nanochat.gpt import GPT, GPTConfig
+from nanochat.llama_reference import llama_like, llama_mlp_width
 
 parser = argparse.ArgumentParser(description="Training and decoding benchmark: nanochat GPT vs HF Llama (CPU)")
 # what to run
@@ -72,11 +72,15 @@ def attention_flops(n_layer, n_head, head_dim, seq_len):
 # -----------------------------------------------------------------------------
 # the two models and their training steps
 
-def make_gpt(depth, seq_len, vocab_size):
+def shape(depth, seq_len, vocab_size):
+    """The benchmarked shape: width 64 * depth, head dim 64."""
     width = 64 * depth
-    cfg = GPTConfig(sequence_len=seq_len, vocab_size=vocab_size, n_layer=depth, n_head=width // 64,
-                    n_kv_head=width // 64, n_embd=width)
-    model = GPT(cfg)
+    return GPTConfig(sequence_len=seq_len, vocab_size=vocab_size, n_layer=depth, n_head=width // 64,
+                     n_kv_head=width // 64, n_embd=width)
+
+
+def make_gpt(depth, seq_len, vocab_size):
+    model = GPT(shape(depth, seq_len, vocab_size))
     model.init_weights()
     return model
 
@@ -97,14 +101,9 @@ def build_ours(depth, seq_len, vocab_size):
 
 
 def build_llama(depth, seq_len, vocab_size):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     width = 64 * depth
-    intermediate = 64 * math.ceil(8 * width / 3 / 64)  # SwiGLU: 3 matrices of 8/3*width ~ our 2 of 4*width
-    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=width, intermediate_size=intermediate,
-                      num_hidden_layers=depth, num_attention_heads=width // 64, num_key_value_heads=width // 64,
-                      max_position_embeddings=seq_len, tie_word_embeddings=False, attn_implementation="sdpa")
-    model = LlamaForCausalLM(cfg)
+    intermediate = llama_mlp_width(width)  # SwiGLU: 3 matrices of 8/3*width ~ our 2 of 4*width
+    model = llama_like(shape(depth, seq_len, vocab_size))
     n_params = sum(p.numel() for p in model.parameters())
     n_embed = model.get_input_embeddings().weight.numel()
     flops = 6 * (n_params - n_embed) + attention_flops(depth, width // 64, 64, seq_len)

@@ -4,16 +4,16 @@ Benchmark the chat server under concurrent streaming clients, side by side with 
 made in a temporary folder.
 
     python -m scripts.web_bench                                  # 1, 4, 16 clients; ours vs the peer
-    python -m scripts.web_bench --clients 1,16 --max-tokens 128 --rounds 5
+    python -m scripts.web_bench --clients 1,16 --max-new-tokens 128 --rounds 5
     python -m scripts.web_bench --no-peer --device-type cpu      # our server alone
 
 The models: a depth-4 nanochat GPT (width 256, 2 heads of dim 128, vocab 32768, random weights)
-and a Llama of the same shape (4 layers, hidden 256, 2 heads of dim 128, SwiGLU MLP of width 683 so
-its MLP has the same parameter count as our 4x ReLU^2 one, untied head, vocab 32768), both served
+and a Llama of the same shape (nanochat/llama_reference.py: 4 layers, hidden 256, 2 heads of dim 128,
+SwiGLU MLP of width 704, about the parameter count of our 4x ReLU^2 one, untied head, vocab 32768), both served
 from local folders. Both use the same tokenizer (random merges, exported to tokenizer.json for the
 peer, with a chat template that renders like ours), so a prompt is the same number of tokens on
 both. In both models the head rows of the special tokens are zero and decoding is greedy, so no
-reply ends early: every request generates exactly --max-tokens tokens (checked against the usage).
+reply ends early: every request generates exactly --max-new-tokens tokens (checked against the usage).
 
 Per client count, each of the C clients sends --requests-per-client streaming requests one after
 another (distinct prompts); the servers are measured in turn, interleaved, for --rounds rounds.
@@ -41,25 +41,28 @@ import rustbpe
 
 from nanochat.checkpoint_manager import SOURCE_DIRS, save_checkpoint
 from nanochat.gpt import GPT, GPTConfig
+from nanochat.flags import renamed
+from nanochat.llama_reference import llama_like
 from nanochat.tokenizer import SPECIAL_TOKENS, Tokenizer
 
 parser = argparse.ArgumentParser(description="Benchmark chat_web against transformers serve.")
 # load
 parser.add_argument("--clients", default="1,4,16", help="comma-separated numbers of concurrent streaming clients")
 parser.add_argument("--requests-per-client", type=int, default=2, help="requests each client sends, one after another")
-parser.add_argument("--max-tokens", type=int, default=64, help="tokens generated per request")
+parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated per request")
+renamed(parser, "--max-tokens", "--max-new-tokens")
 parser.add_argument("--rounds", type=int, default=3, help="measurements per server and client count (medians)")
 # servers
 parser.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True, help="also run transformers serve")
 parser.add_argument("--num-slots", type=int, default=16, help="our server's decoding slots")
-parser.add_argument("--device-type", default="", choices=["", "cuda", "cpu"], help="device (default: cuda if available)")
+parser.add_argument("--device-type", default=None, choices=["cuda", "cpu"], help="device (default: cuda if available)")
 parser.add_argument("--threads", type=int, default=None,
                     help="OMP_NUM_THREADS of both servers (default: torch's own choice); 1 on a shared CPU box")
 parser.add_argument("--startup-timeout", type=int, default=600, help="seconds to wait for a server to come up")
 args = parser.parse_args()
 clients_list = [int(c) for c in args.clients.split(",") if c.strip()]
-if not clients_list or min(clients_list) < 1 or args.max_tokens < 1 or args.rounds < 1 or args.requests_per_client < 1:
-    parser.error("--clients, --max-tokens, --rounds and --requests-per-client must be positive")
+if not clients_list or min(clients_list) < 1 or args.max_new_tokens < 1 or args.rounds < 1 or args.requests_per_client < 1:
+    parser.error("--clients, --max-new-tokens, --rounds and --requests-per-client must be positive")
 device_type = args.device_type or ("cuda" if torch.cuda.is_available() else "cpu")
 
 VOCAB, DEPTH, WIDTH, HEADS, SEQ_LEN = 32768, 4, 256, 2, 2048
@@ -101,13 +104,11 @@ n_params = sum(p.numel() for p in model.parameters())
 del model
 
 if args.peer:
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import GenerationConfig, PreTrainedTokenizerFast
 
-    lcfg = LlamaConfig(vocab_size=VOCAB, hidden_size=WIDTH, intermediate_size=WIDTH * 8 // 3, num_hidden_layers=DEPTH,
-                       num_attention_heads=HEADS, num_key_value_heads=HEADS, head_dim=WIDTH // HEADS,
-                       max_position_embeddings=SEQ_LEN, tie_word_embeddings=False,
-                       bos_token_id=tokenizer.get_bos_token_id(), eos_token_id=tokenizer.encode_special("<|assistant_end|>"))
-    llama = LlamaForCausalLM(lcfg)
+    llama = llama_like(cfg, bos_token_id=tokenizer.get_bos_token_id(),
+                       eos_token_id=tokenizer.encode_special("<|assistant_end|>"))
+    lcfg = llama.config
     with torch.no_grad():
         llama.lm_head.weight[special_ids] = 0.0
     llama.generation_config = GenerationConfig(do_sample=False, bos_token_id=lcfg.bos_token_id, eos_token_id=lcfg.eos_token_id)
@@ -158,7 +159,7 @@ server_env = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.th
 port = free_port()
 ours = start("nanochat", [sys.executable, "-m", "scripts.chat_web", "-i", "sft", "--port", str(port),
                           "--device-type", device_type, "--num-slots", str(args.num_slots), "--max-queue", "100000",
-                          "--max-tokens", str(args.max_tokens)],
+                          "--max-tokens", str(args.max_new_tokens)],
              {**server_env, "NANOCHAT_BASE_DIR": base_dir, "NANOCHAT_API_KEY": ""}, port)
 ours["model"] = "nanochat"
 servers = [ours]
@@ -181,7 +182,7 @@ try:
 
     def one_request(server, prompt):
         """Stream one chat completion -> (time to first token, completion tokens)."""
-        body = {"model": server["model"], "messages": [{"role": "user", "content": prompt}], "max_tokens": args.max_tokens,
+        body = {"model": server["model"], "messages": [{"role": "user", "content": prompt}], "max_tokens": args.max_new_tokens,
                 "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True}}
         conn = http.client.HTTPConnection("127.0.0.1", server["port"], timeout=600)
         t0 = time.perf_counter()
@@ -222,8 +223,8 @@ try:
         if errors:
             raise errors[0]
         tokens = sum(n for _, n in results)
-        assert all(n == args.max_tokens for _, n in results), \
-            f"{server['name']}: some replies were not {args.max_tokens} tokens: {sorted({n for _, n in results})}"
+        assert all(n == args.max_new_tokens for _, n in results), \
+            f"{server['name']}: some replies were not {args.max_new_tokens} tokens: {sorted({n for _, n in results})}"
         return tokens / wall, [t for t, _ in results]
 
     for server in servers:  # warm-up: first requests pay one-time costs (allocation, the peer's CB set-up)
@@ -255,7 +256,7 @@ def pct(values, q):
 
 
 print(f"\nweb_bench: {device_type}, depth {DEPTH} width {WIDTH} ({n_params / 1e6:.1f}M params"
-      + (f"; peer Llama {peer_params / 1e6:.1f}M" if args.peer else "") + f"), {args.max_tokens} tokens per request, "
+      + (f"; peer Llama {peer_params / 1e6:.1f}M" if args.peer else "") + f"), {args.max_new_tokens} tokens per request, "
       f"{args.requests_per_client} requests per client, {args.rounds} rounds")
 print(f"| server | clients | tok/s (median) | TTFT p50 ms | TTFT p95 ms |")
 print(f"|---|---|---|---|---|")

@@ -180,12 +180,6 @@ def numbers_equal(a, b):
     return a is not None and b is not None and a == b
 
 
-def assistant_text(message):
-    """The plain text of an assistant message: its str content, or its parts joined (tool outputs included)."""
-    content = message["content"]
-    return content if isinstance(content, str) else "".join(part["text"] for part in content)
-
-
 # -----------------------------------------------------------------------------
 # Data loading
 
