@@ -9,7 +9,7 @@ tool outputs), so the loss is taken on the assistant's own tokens only.
     inputs, targets, state = next(loader)       # (B, T) / (B, W <= T) int64; state: resume position
     loader = sft_data_loader_with_state(..., resume_state=state)                     # goes on exactly
     batches, short = load_val_batches(tokenizer, task, B, T, max_batches, packed=True, device=device)
-    val_loss, val_bpb = evaluate_loss_bpb(model, batches, token_bytes)   # nanochat/loss_eval.py
+    loss, n_targets, n_tokens, state = masked_loss_step(model, loader, micro_steps, autocast, device)
 
 Spreading and epochs. Each epoch visits the task's items in a fresh seeded order (random.Random
 (f"{seed}:{epoch}")); position i of that order belongs to rank i % world_size. After a rank's last
@@ -47,7 +47,7 @@ import random
 import torch
 import torch.distributed as dist
 
-from nanochat.common import get_rank, get_world_size, setup_logging
+from nanochat.common import get_rank, get_world_size, print0, setup_logging
 from nanochat.dataloader import pack_bos_bestfit
 
 DEFAULT_POOL_SIZE = 256  # conversations per packing pool (per rank)
@@ -247,6 +247,18 @@ def load_val_batches(tokenizer, task, B, T, max_batches, packed, device="cpu", p
     return batches, short
 
 
+def chat_loaders(rows, tokenizer, train_task, val_task, B, T, val_batches, device="cpu", resume_state=None, seed=0):
+    """(training loader, validation batches) of a chat stage: rows "packed" (mid-training) or
+    "padded" (SFT), as tasks/registry.py's CHAT_MIXTURES says; val_batches: the most to load."""
+    assert rows in ("packed", "padded"), f"rows are packed or padded, not {rows!r}"
+    make = mid_data_loader_with_state if rows == "packed" else sft_data_loader_with_state
+    train = make(tokenizer, train_task, B, T, device=device, resume_state=resume_state, seed=seed)
+    val, _ = load_val_batches(tokenizer, val_task, B, T, val_batches, packed=rows == "packed", device=device)
+    print0(f"validation: {len(val)} batch(es) of {B} {rows} rows per rank, each conversation at most once "
+           f"(asked for {val_batches})")
+    return train, val
+
+
 def count_targets(batches, device):
     """(trained targets, tokens) of a list of (inputs, targets[, state]) batches, summed over all
     ranks (one all-reduce): the step's loss is its summed nats divided by the trained targets."""
@@ -258,3 +270,21 @@ def count_targets(batches, device):
         dist.all_reduce(counts, op=dist.ReduceOp.SUM)
     n_targets, n_tokens = counts.tolist()
     return n_targets, n_tokens
+
+
+def masked_loss_step(model, loader, micro_steps, autocast, device):
+    """Forward/backward of one optimizer step of a chat stage: `micro_steps` batches of `loader`,
+    the loss the mean over the step's trained (assistant) tokens on all ranks (each micro-batch's
+    summed loss over their count, x world_size because the optimizers average ranks; a step with no
+    trained token gives zero loss and zero gradient). Returns (the step's loss as this rank's 0-d
+    part, whose mean over ranks is the loss; trained targets; tokens; the loader state after it)."""
+    batches = [next(loader) for _ in range(micro_steps)]
+    n_targets, n_tokens = count_targets(batches, device)
+    scale = get_world_size() / max(n_targets, 1)
+    loss_sum = torch.zeros((), device=device)
+    for inputs, targets, _ in batches:
+        with autocast:
+            loss = model(inputs, targets, loss_reduction="sum")
+        loss_sum += loss.detach()
+        (loss * scale).backward()
+    return loss_sum * scale, n_targets, n_tokens, batches[-1][2]

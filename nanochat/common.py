@@ -238,7 +238,8 @@ def decide_compute_dtype(device_type, requested="auto"):
     chosen. "float32" / "bfloat16" force it; "auto" -> bf16 on CUDA, fp32 on MPS, and on a CPU bf16
     only where its matmuls measure at least BF16_MIN_SPEEDUP x faster than fp32 (best of 3
     interleaved rounds each: CPUs with AVX-512 BF16 / AMX run it ~2x faster, CPUs without ~100x
-    slower, so the margin is wide and a loaded machine does not flip it). $NANOCHAT_AUTO_DTYPE
+    slower, so the margin is wide and a loaded machine does not flip it); under torch.distributed
+    rank 0's measurement decides for every rank (call it on every rank). $NANOCHAT_AUTO_DTYPE
     (float32 | bfloat16) replaces the measurement: for tests, and for pinning a fleet of machines."""
     if requested not in COMPUTE_DTYPES:
         raise ValueError(f"compute dtype must be one of {COMPUTE_DTYPES}, got {requested!r}")
@@ -254,7 +255,10 @@ def decide_compute_dtype(device_type, requested="auto"):
             raise ValueError(f"{AUTO_DTYPE_ENV}={forced!r} must be float32 or bfloat16 (or unset to measure)")
         return getattr(torch, forced), f"auto: {forced} from ${AUTO_DTYPE_ENV} (not measured)"
     fp32, bf16 = measure_bf16_speedup()
-    dtype = torch.bfloat16 if bf16 >= BF16_MIN_SPEEDUP * fp32 else torch.float32
+    use_bf16 = torch.tensor([float(bf16 >= BF16_MIN_SPEEDUP * fp32)])
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast(use_bf16, src=0)  # rank 0's measurement for all: ranks must not compute in different dtypes
+    dtype = torch.bfloat16 if use_bf16.item() else torch.float32
     return dtype, (f"auto: measured bf16 {bf16 / 1e9:.1f} vs fp32 {fp32 / 1e9:.1f} GFLOP/s = {bf16 / fp32:.2f}x "
                    f"(bf16 needs >= {BF16_MIN_SPEEDUP}x) -> {str(dtype).removeprefix('torch.')}")
 

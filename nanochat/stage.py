@@ -32,18 +32,19 @@ one more. step counts the optimizer steps done so far.
 """
 
 import importlib.util
+import math
 import os
 import sys
 import time
 from dataclasses import asdict
 
 import torch
-import torch.distributed as dist
 
 from nanochat.checkpoint_manager import SOURCE_DIRS, CheckpointError, load_meta, load_model, load_training_state, \
     save_training_state
 from nanochat.common import autocast_ctx, compute_cleanup, compute_init, decide_compute_dtype, get_base_dir, \
     get_dist_info, get_peak_flops, print0
+from nanochat.loss_eval import evaluate_loss_bpb
 from nanochat.runlog import ProgressMeter, RunLog, StopFlag, finish_run, save_results
 from nanochat.schedules import lr_multiplier, set_lr, set_momentum
 
@@ -117,7 +118,18 @@ class Stage:
         except (FileNotFoundError, CheckpointError, ValueError) as e:
             self.fail(f"cannot load the {source} model: {e}")
         self.source = dict(source=source, model_tag=meta["model_tag"], step=meta["step"])
+        self.meta_extra = dict(source=self.source)  # in every checkpoint's meta (a stage may say more)
+        print0(f"source: {source} model {meta['model_tag']} step {meta['step']} | {model.num_params():,} parameters | "
+               f"{model.config.n_layer} layers, width {model.config.n_embd} | sequence length {model.config.sequence_len}")
         return model, tokenizer, meta
+
+    def row_length(self, model):
+        """--max-seq-len (None: the model's sequence length); longer than the model's is an error."""
+        T = self.args.max_seq_len or model.config.sequence_len
+        if T > model.config.sequence_len:
+            self.fail(f"--max-seq-len={T} is longer than the model's sequence length {model.config.sequence_len}; "
+                      f"use at most that")
+        return T
 
     def set_run_dir(self, stage_source, model_tag):
         """The run folder get_base_dir()/<stage folder>/<model_tag>; with --resume its latest
@@ -133,7 +145,8 @@ class Stage:
 
     def pick_dtype(self):
         """(dtype, autocast context). --dtype auto is decided once (rank 0's measurement, sent to every
-        rank); on --resume the checkpoint's dtype is kept, and an explicit other --dtype is an error."""
+        rank: nanochat.common.decide_compute_dtype); on --resume the checkpoint's dtype is kept, and an
+        explicit other --dtype is an error."""
         requested = self.args.dtype
         saved = (self.resume_meta or {}).get("compute_dtype")
         if saved is not None and requested not in ("auto", saved):
@@ -146,10 +159,6 @@ class Stage:
                 dtype, why = decide_compute_dtype(self.device_type, requested)
             except ValueError as e:
                 self.fail(e)
-            if self.world_size > 1:  # one measurement for all: ranks must not train in different dtypes
-                flag = torch.tensor([dtype == torch.bfloat16], dtype=torch.float32, device=self.device)
-                dist.broadcast(flag, src=0)
-                dtype = torch.bfloat16 if flag.item() else torch.float32
         self.dtype, self.autocast = dtype, autocast_ctx(self.device_type, dtype)
         self.peak_flops, peak_what = get_peak_flops(self.device, dtype)
         print0(f"compute dtype {dtype_name(dtype)} ({why}) | MFU against {peak_what}: "
@@ -271,6 +280,18 @@ class Stage:
         """reduce() then log_step() of a step that started at time.perf_counter() t0."""
         train_loss = self.reduce(loss)
         self.log_step(train_loss, time.perf_counter() - t0, lrm=lrm, tokens=tokens, **extra)
+
+    def evaluate_val_loss(self, model, val_batches, token_bytes):
+        """The chat stages' val-loss evaluation: mean loss and bpb on the assistant tokens of the
+        held-out batches (nanochat/loss_eval.py), their minima in the loop state, a line, a record."""
+        loop, t0 = self.loop, time.perf_counter()
+        with self.autocast:
+            loop["val_loss"], loop["val_bpb"] = evaluate_loss_bpb(model, val_batches, token_bytes)
+        loop["min_val_loss"] = min(loop.get("min_val_loss") or math.inf, loop["val_loss"])
+        loop["min_val_bpb"] = min(loop.get("min_val_bpb") or math.inf, loop["val_bpb"])
+        self.record_eval(f"val loss {loop['val_loss']:.6f} | val bpb {loop['val_bpb']:.6f} | eval "
+                         f"{time.perf_counter() - t0:.1f}s", val_loss=loop["val_loss"], val_bpb=loop["val_bpb"],
+                         train_time=self.meter.train_time)
 
     def record_eval(self, line, **values):
         """An evaluation's line (`step NNNNN | line`) and log record at this step boundary."""

@@ -159,8 +159,6 @@ if num_slots < max(args.num_samples, args.eval_samples):
 head_dim = config.n_embd // config.n_head
 kv_bytes = num_slots * slot_len * config.n_layer * 2 * config.n_kv_head * head_dim * torch.finfo(dtype).bits // 8
 
-print0(f"source: {args.source} {model_tag} step {source_step} | {config.n_layer} layers, width {config.n_embd}, "
-       f"{model.num_params():,} parameters | sequence length {config.sequence_len}")
 print0(f"task {args.task}: {len(train_task):,} train questions, {len(test_task):,} test | {num_iterations:,} steps of "
        f"{args.questions_per_step} questions x {args.num_samples} samples ({world_size} rank(s), {questions_per_rank} "
        f"question(s) each) | max {args.max_new_tokens} new tokens, temperature {args.temperature}, "

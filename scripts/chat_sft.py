@@ -38,16 +38,14 @@ continues from the run's latest checkpoint exactly; SIGTERM finishes the step, s
 """
 
 import argparse
-import math
 import time
 
 import torch
 
-from nanochat.chat_data import count_targets, load_val_batches, sft_data_loader_with_state
+from nanochat.chat_data import chat_loaders, masked_loss_step
 from nanochat.common import print0
 from nanochat.flags import add_batch_flags, add_compile_flag, add_compute_flags, add_eval_items_flag, \
     add_optimizer_flags, add_run_flags, add_source_flags, optional_int, renamed
-from nanochat.loss_eval import evaluate_loss_bpb
 from nanochat.stage import Stage, due
 from nanochat.task_eval import evaluate_task
 from nanochat.tokenizer import get_token_bytes
@@ -105,10 +103,7 @@ run.init_compute()
 device = run.device
 model, tokenizer, _ = run.load_source(args.source)
 token_bytes = get_token_bytes(device)
-config = model.config
-T = args.max_seq_len or config.sequence_len
-if T > config.sequence_len:
-    run.fail(f"--max-seq-len={T} is longer than the model's sequence length {config.sequence_len}; use at most that")
+T = run.row_length(model)
 orig_model = model  # uncompiled: for state dicts and the task evaluations (variable shapes)
 run.set_run_dir("sft", run.source["model_tag"])
 dtype, autocast = run.pick_dtype()
@@ -119,7 +114,7 @@ try:
     eval_tasks = {name: load_eval_task(name) for name in eval_task_names}
 except (FileNotFoundError, RuntimeError, ValueError) as e:  # a missing mirror file, a malformed JSONL line, a bad spec
     run.fail(f"cannot load the mixture: {e}")
-train_task, val_task = mixtures(train_parts, val_parts, args.seed)
+train_task, val_task = mixtures(train_parts, val_parts, args.seed, log=print0)
 
 total_batch = args.total_batch_rows
 if args.num_iterations is not None:
@@ -129,12 +124,7 @@ else:
 num_params, flops_per_token = orig_model.num_params(), orig_model.estimate_flops()
 eval_rows = 20 * total_batch if args.eval_rows is None else args.eval_rows
 
-print0(f"source: {args.source} model {run.source['model_tag']} step {run.source['step']} | {num_params:,} parameters | "
-       f"rows of at most {T} tokens")
-for name, task in train_parts.items():
-    print0(f"  train {name:<22} {len(task):>8,} conversations")
-print0(f"  train total {len(train_task):,} conversations | validation {len(val_task):,} conversations")
-print0(f"batch: {total_batch} conversations/step = {args.device_batch_size} rows x {run.world_size} rank(s) x "
+print0(f"rows of at most {T} tokens | batch: {total_batch} conversations/step = {args.device_batch_size} rows x {run.world_size} rank(s) x "
        f"{grad_accum_steps} micro-step(s) | compile {args.compile}")
 print0(f"horizon ({horizon}): {num_iterations:,} steps, {num_iterations * total_batch:,} conversations")
 optimizers = run.setup_optimizers(orig_model)
@@ -142,61 +132,42 @@ optimizers = run.setup_optimizers(orig_model)
 # -----------------------------------------------------------------------------
 # resume, loop state, data
 
-run.meta_extra = dict(source=run.source)
-loader_state = run.start(dict(val_loss=None, val_bpb=None, min_val_loss=None, metrics={}), None, flops_per_token,
+loader_state = run.start(dict(val_loss=None, val_bpb=None, min_val_loss=None, min_val_bpb=None, metrics={}), None, flops_per_token,
                          num_iterations)  # tokens vary per step
 if args.compile:
     model = torch.compile(model, dynamic=True)
-try:
-    train_loader = sft_data_loader_with_state(tokenizer, train_task, args.device_batch_size, T, device=device,
-                                              resume_state=loader_state, seed=args.seed)
-    val_batches, _ = load_val_batches(tokenizer, val_task, args.device_batch_size, T,
-                                      max(1, eval_rows // rows_per_micro_step), packed=False, device=device)
+try:  # padded rows (CHAT_MIXTURES["sft"])
+    train_loader, val_batches = chat_loaders(MIXTURE["rows"], tokenizer, train_task, val_task, args.device_batch_size, T,
+                                             max(1, eval_rows // rows_per_micro_step), device, loader_state, args.seed)
 except ValueError as e:  # too little data for one batch, or a resume position of another mixture
     run.fail(e)
-print0(f"validation: {len(val_batches) * rows_per_micro_step:,} conversations per evaluation (asked for {eval_rows:,})")
 
 
 def evaluate(step, last):
     """Val loss and bpb of the held-out mixture; the accuracy on each --eval-tasks task."""
-    loop = run.loop
     if due(step, args.eval_every, last):
-        t0 = time.perf_counter()
-        with autocast:
-            loop["val_loss"], loop["val_bpb"] = evaluate_loss_bpb(model, val_batches, token_bytes)
-        loop["min_val_loss"] = min(loop["min_val_loss"] or math.inf, loop["val_loss"])
-        run.record_eval(f"val loss {loop['val_loss']:.6f} | val bpb {loop['val_bpb']:.6f} | eval "
-                        f"{time.perf_counter() - t0:.1f}s", val_loss=loop["val_loss"], val_bpb=loop["val_bpb"],
-                        train_time=run.meter.train_time)
+        run.evaluate_val_loss(model, val_batches, token_bytes)
     if eval_tasks and due(step, args.eval_metrics_every, last):
         t0 = time.perf_counter()
         with autocast:
             results = {name: evaluate_task(orig_model, tokenizer, name, task, batch_size=args.device_batch_size,
                                            max_items=args.eval_items) for name, task in eval_tasks.items()}
-        loop["metrics"] = {name: r["accuracy"] for name, r in results.items()}
+        run.loop["metrics"] = {name: r["accuracy"] for name, r in results.items()}
         run.record_eval(" | ".join(f"{name} {r['correct']}/{r['total']} = {r['accuracy']:.4f}" for name, r in results.items())
                         + f" | eval {time.perf_counter() - t0:.1f}s",
-                        **{f"acc_{name}": acc for name, acc in loop["metrics"].items()})
+                        **{f"acc_{name}": acc for name, acc in run.loop["metrics"].items()})
 
 
 # -----------------------------------------------------------------------------
-# the loop. The loss is the mean over the step's trained (assistant) tokens on all ranks: each
-# micro-batch's summed loss over their count; x world_size because the optimizers average ranks.
+# the loop: the loss is the mean over the step's trained (assistant) tokens on all ranks, so padding
+# and rows with no trained token change nothing
 
 for step in run.steps(evaluate):
     t0 = time.perf_counter()
-    batches = [next(train_loader) for _ in range(grad_accum_steps)]
-    run.data_state = batches[-1][2]
-    n_targets, n_tokens = count_targets(batches, device)
-    scale = run.world_size / max(n_targets, 1)  # a step with no trained token: zero loss, zero gradient
-    loss_sum = torch.zeros((), device=device)
-    for inputs, targets, _ in batches:
-        with autocast:
-            loss = model(inputs, targets, loss_reduction="sum")
-        loss_sum += loss.detach()
-        (loss * scale).backward()
+    loss, n_targets, n_tokens, run.data_state = masked_loss_step(model, train_loader, grad_accum_steps, autocast,
+                                                                 device)
     lrm = run.optimizer_step()
-    run.end_step(loss_sum * scale, t0, lrm=lrm, tokens=n_tokens, targets=n_targets, epoch=run.data_state["epoch"])
+    run.end_step(loss, t0, lrm=lrm, tokens=n_tokens, targets=n_targets, epoch=run.data_state["epoch"])
 
 # -----------------------------------------------------------------------------
 # summary

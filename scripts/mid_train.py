@@ -33,16 +33,14 @@ are nanochat/stage.py's.
 """
 
 import argparse
-import math
 import time
 
 import torch
 
-from nanochat.chat_data import count_targets, load_val_batches, mid_data_loader_with_state, render_row
+from nanochat.chat_data import chat_loaders, masked_loss_step, render_row
 from nanochat.common import print0
 from nanochat.flags import add_batch_flags, add_compile_flag, add_compute_flags, add_eval_tokens_flag, \
     add_optimizer_flags, add_run_flags, add_source_flags
-from nanochat.loss_eval import evaluate_loss_bpb
 from nanochat.stage import Stage, due
 from nanochat.tokenizer import get_token_bytes
 from tasks.registry import CHAT_MIXTURES, chat_mixture, mixtures
@@ -83,10 +81,7 @@ run.init_compute()
 device = run.device
 model, tokenizer, _ = run.load_source("base")
 token_bytes = get_token_bytes(device)
-config = model.config
-T = args.max_seq_len or config.sequence_len
-if T > config.sequence_len:
-    run.fail(f"--max-seq-len={T} is longer than the base model's sequence length {config.sequence_len}; use at most that")
+T = run.row_length(model)
 tokens_per_micro_step = args.device_batch_size * T * run.world_size
 grad_accum_steps = run.check_total_batch("tokens", tokens_per_micro_step, f"--device-batch-size {args.device_batch_size} "
                                          f"x --max-seq-len {T}")
@@ -100,7 +95,7 @@ try:
                                           log=print0)
 except (FileNotFoundError, RuntimeError, ValueError) as e:  # a missing mirror file, no hub access, a bad spec
     run.fail(f"cannot load the mixture: {e}")
-train_task, val_task = mixtures(train_parts, val_parts, args.seed)
+train_task, val_task = mixtures(train_parts, val_parts, args.seed, log=print0)
 
 total_batch = args.total_batch_tokens
 if args.num_iterations is not None:
@@ -115,12 +110,7 @@ else:
 num_params, flops_per_token = orig_model.num_params(), orig_model.estimate_flops()
 eval_tokens = 20 * total_batch if args.eval_tokens is None else args.eval_tokens
 
-print0(f"source: base model {run.source['model_tag']} step {run.source['step']} | {num_params:,} parameters | "
-       f"row length {T} | FLOPs per token {flops_per_token:.4g}")
-for name, task in train_parts.items():
-    print0(f"  train {name:<22} {len(task):>8,} conversations")
-print0(f"  train total {len(train_task):,} conversations | validation {len(val_task):,} conversations")
-print0(f"batch: {total_batch:,} tokens/step = {args.device_batch_size} rows x {T} tokens x "
+print0(f"rows of {T} tokens | FLOPs per token {flops_per_token:.4g} | batch: {total_batch:,} tokens/step = {args.device_batch_size} rows x {T} tokens x "
        f"{run.world_size} rank(s) x {grad_accum_steps} micro-step(s) | compile {use_compile}")
 print0(f"horizon ({horizon}): {num_iterations:,} steps, {num_iterations * total_batch:,} tokens")
 optimizers = run.setup_optimizers(orig_model)
@@ -128,53 +118,31 @@ optimizers = run.setup_optimizers(orig_model)
 # -----------------------------------------------------------------------------
 # resume, loop state, data
 
-run.meta_extra = dict(source=run.source)
-loader_state = run.start(dict(val_bpb=None, val_loss=None, min_val_bpb=None), total_batch, flops_per_token,
+loader_state = run.start(dict(val_bpb=None, val_loss=None, min_val_bpb=None, min_val_loss=None), total_batch, flops_per_token,
                          num_iterations)
 if use_compile:
     model = torch.compile(model, dynamic=False)
-try:
-    train_loader = mid_data_loader_with_state(tokenizer, train_task, args.device_batch_size, T, device=device,
-                                              resume_state=loader_state, seed=args.seed)
-    val_batches, _ = load_val_batches(tokenizer, val_task, args.device_batch_size, T,
-                                      max(1, eval_tokens // tokens_per_micro_step), packed=True, device=device)
+try:  # packed rows (CHAT_MIXTURES["mid"])
+    train_loader, val_batches = chat_loaders(MIXTURE["rows"], tokenizer, train_task, val_task, args.device_batch_size, T,
+                                             max(1, eval_tokens // tokens_per_micro_step), device, loader_state, args.seed)
 except ValueError as e:  # too little data for one batch, or a resume position of another mixture
     run.fail(e)
-print0(f"validation: {len(val_batches) * tokens_per_micro_step:,} tokens per evaluation (asked for {eval_tokens:,})")
 
 
 def evaluate(step, last):
     """Val loss and bpb on the assistant tokens of the held-out mixture."""
-    loop = run.loop
     if due(step, args.eval_every, last):
-        t0 = time.perf_counter()
-        with autocast:
-            loop["val_loss"], loop["val_bpb"] = evaluate_loss_bpb(model, val_batches, token_bytes)
-        loop["min_val_bpb"] = min(loop["min_val_bpb"] or math.inf, loop["val_bpb"])
-        run.record_eval(f"val bpb {loop['val_bpb']:.6f} | val loss {loop['val_loss']:.6f} | eval "
-                        f"{time.perf_counter() - t0:.1f}s", val_bpb=loop["val_bpb"], val_loss=loop["val_loss"],
-                        train_time=run.meter.train_time)
+        run.evaluate_val_loss(model, val_batches, token_bytes)
 
 
 # -----------------------------------------------------------------------------
-# the loop. The loss is the mean over the step's trained (assistant) tokens on all ranks: each
-# micro-batch's summed loss over their count; x world_size because the optimizers average ranks.
+# the loop: the loss is the mean over the step's trained (assistant) tokens on all ranks
 
 for step in run.steps(evaluate):
     t0 = time.perf_counter()
-    batches = [next(train_loader) for _ in range(grad_accum_steps)]
-    run.data_state = batches[-1][2]
-    n_targets, _ = count_targets(batches, device)
-    scale = run.world_size / max(n_targets, 1)  # a step with no trained token: zero loss, zero gradient
-    loss_sum = torch.zeros((), device=device)
-    for inputs, targets, _ in batches:
-        with autocast:
-            loss = model(inputs, targets, loss_reduction="sum")
-        loss_sum += loss.detach()
-        (loss * scale).backward()
+    loss, n_targets, _, run.data_state = masked_loss_step(model, train_loader, grad_accum_steps, autocast, device)
     lrm = run.optimizer_step()
-    # the mean over ranks of loss_sum * scale is the step's mean loss
-    run.end_step(loss_sum * scale, t0, lrm=lrm, targets=n_targets, epoch=run.data_state["epoch"])
+    run.end_step(loss, t0, lrm=lrm, targets=n_targets, epoch=run.data_state["epoch"])
 
 # -----------------------------------------------------------------------------
 # summary

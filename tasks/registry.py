@@ -115,6 +115,10 @@ def chat_mixture(stage, seed, identity_size, spelling_size, chat_size=None, cust
     return train, val
 
 
-def mixtures(train_parts, val_parts, seed):
-    """(train TaskMixture, validation TaskMixture) of chat_mixture's parts."""
-    return TaskMixture(list(train_parts.values()), seed=seed), TaskMixture(list(val_parts.values()), seed=seed)
+def mixtures(train_parts, val_parts, seed, log=print):
+    """(train TaskMixture, validation TaskMixture) of chat_mixture's parts; `log` lists them."""
+    train, val = TaskMixture(list(train_parts.values()), seed=seed), TaskMixture(list(val_parts.values()), seed=seed)
+    for name, task in train_parts.items():
+        log(f"  train {name:<22} {len(task):>8,} conversations")
+    log(f"  train total {len(train):,} conversations | validation {len(val):,} conversations")
+    return train, val
