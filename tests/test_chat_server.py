@@ -5,6 +5,7 @@ ASGI by a small driver: no socket, no subprocess), and the reply parts of nanoch
     finished tokens, are SCRIPTED_PARTS and SCRIPTED_CONTENT; the app answers with them
   - a greedy reply of the random model through the app is the engine's, run alone
   - a client that leaves mid-body is answered quietly: no 500, nothing logged, the app keeps serving
+  - an exposed server (local_only False) answers any Host, a loopback one only local names
 
     uv run pytest tests/test_chat_server.py -q
 """
@@ -16,6 +17,7 @@ import logging
 import pytest
 import torch
 
+from nanochat.chat_http import is_loopback
 from nanochat.chat_server import Replica, ServerSettings, build_app
 from nanochat.engine import Engine, SamplingParams
 from nanochat.reply import ReplyParts, parts_of, reply_text
@@ -124,3 +126,13 @@ def test_client_gone_mid_body_is_quiet(apps, caplog):
     assert status != 500 and not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
     status, body = call(apps["random"], "POST", "/v1/chat/completions", good)
     assert status == 200, body
+
+
+def test_exposed_server_takes_any_host_and_a_loopback_one_only_local_names(tok):
+    assert all(is_loopback(h) for h in ("127.0.0.1", "127.0.0.2", "localhost", "::1", "[::1]"))
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "192.168.1.5", "example.com"))
+    replica = Replica(0, random_chat_model(tok)[0].eval(), tok, CPU, num_slots=1, dtype=torch.float32)
+    for local_only, status in ((True, 400), (False, 200)):
+        app = build_app([replica], tok, ServerSettings(model_id="m", source="sft", local_only=local_only))
+        assert call(app, "GET", "/health", headers={"host": "chat.example.com"})[0] == status
+        assert call(app, "GET", "/health", headers={"host": "localhost:8000"})[0] == 200
