@@ -168,5 +168,5 @@ def protocol_class(limits):
 def serve(app, host, port, limits):
     """Run `app` with uvicorn on host:port under `limits` until SIGINT / SIGTERM."""
     config = uvicorn.Config(app, host=host, port=port, http=protocol_class(limits), log_level="warning",
-                            timeout_graceful_shutdown=2, backlog=min(2048, limits.max_connections))
+                            timeout_graceful_shutdown=2, backlog=min(128, limits.max_connections))
     uvicorn.Server(config).run()

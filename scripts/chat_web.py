@@ -106,16 +106,24 @@ parser.add_argument("--max-connections", type=int, default=None,
 add_reply_flags(parser, max_new_tokens=512, temperature=0.8, top_k=50)
 
 
+def default_max_connections():
+    """512, or fewer where `ulimit -n` leaves less room: connections beyond the cap are accepted in
+    a batch of up to the listen backlog before they are refused (serve's backlog is at most the cap),
+    so the cap is half of the file descriptors this process has not opened yet, less a margin."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return 512
+    in_use = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else 64
+    return max(1, min(512, (soft - in_use - 32) // 2))
+
+
 def main():
     args = parser.parse_args()
-    files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    if args.max_connections is None:  # room for the model's files, logs and the listening socket
-        args.max_connections = max(1, min(512, files - 64)) if files != resource.RLIM_INFINITY else 512
     for flag, value, lo, hi in (("--port", args.port, 0, 65535), ("--num-gpus", args.num_gpus, 1, 64),
                                 ("--num-slots", args.num_slots, 1, 4096), ("--max-queue", args.max_queue, 0, 1 << 20),
                                 ("--top-k", args.top_k, 0, MAX_TOP_K),
                                 ("--max-new-tokens", args.max_new_tokens, 1, MAX_TOKENS_LIMIT),
-                                ("--max-connections", args.max_connections, 1, 1 << 20)):
+                                ("--max-connections", 1 if args.max_connections is None else args.max_connections, 1, 1 << 20)):
         if not lo <= value <= hi:
             parser.error(f"{flag} must be in [{lo}, {hi}], got {value}")
     if not 0.0 <= args.temperature <= 2.0:
@@ -147,6 +155,8 @@ def main():
                               max_queue=args.max_queue, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                               top_k=args.top_k, api_key=args.api_key, local_only=local)
     app = build_app(replicas, tokenizer, settings)
+    if args.max_connections is None:
+        args.max_connections = default_max_connections()
 
     print(f"chat_web: {settings.model_id} (step {meta['step']}) on {', '.join(str(d) for d in devices)}, "
           f"compute dtype {str(dtype).removeprefix('torch.')} ({why}), {args.num_slots} slots per replica, "

@@ -112,13 +112,15 @@ def test_slow_headers_are_cut_off(url):
     assert got.startswith(b"HTTP/1.1 408"), got
 
 
-def test_slow_body_is_cut_off(url):
+def test_slow_body_is_cut_off(url, base):
+    log_before = len(server_log(base, url))
     head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             b"Content-Length: 200\r\n\r\n")
     with connect(url) as sock:
         took, _ = seconds_until_closed(sock, head, b'{"messages": [' + b" " * 180)
     assert BODY_TIMEOUT * 0.8 < took < BODY_TIMEOUT + 2.0, f"a slow body kept its connection {took:.1f} s"
     assert request(url, "GET", "/health")[0] == 200
+    assert "Traceback" not in server_log(base, url)[log_before:], "the cut-off body was logged as an error"
 
 
 def test_idle_keep_alive_and_long_replies_are_not_cut(url):
