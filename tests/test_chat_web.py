@@ -5,9 +5,11 @@ tiny checkpoints of tests/chat_fixtures.py:
     B  the scripted model (a fixed reply with a calculator call), no key
 Through the `openai` client package and raw HTTP: greedy replies match the engine run in-process,
 streaming matches non-streaming, stop / seed / n / usage / finish reasons, the tool-call extension,
-every bad input gets its 4xx (and the next good request still works), the key is enforced,
-16 concurrent streams give exactly what each gets alone, a disconnect frees the slots, a full queue
-gives 429.
+every bad input gets its 4xx with the bad value quoted at most ~100 characters (and the next good
+request still works), the key is enforced, 16 concurrent streams give exactly what each gets alone,
+a disconnect frees the slots (streaming or not; a reply nobody read is not counted as served), an
+upload cut off mid-body logs nothing, a full queue gives 429. The --max-tokens of server A's flags
+is now --max-new-tokens (the old name is tested in test_chat_cli.py).
 
     uv run pytest tests/test_chat_web.py -q
 """
