@@ -1,12 +1,14 @@
 """
-The OpenAI Chat Completions request, as scripts/chat_web.py accepts it: the limits, a JSON body
-checked into (messages, sampling parameters, stream options), and OpenAI-shaped error bodies.
-Every rejection is an ApiError(status, message, param, code) that the server answers as
-{"error": {"message", "type", "param", "code"}}. Tests: tests/test_chat_web.py, over HTTP.
+The OpenAI Chat Completions request, as scripts/chat_web.py accepts it: the limits, the body read
+(read_json: size, UTF-8, JSON) and checked into (messages, sampling parameters, stream options), and
+OpenAI-shaped error bodies. Every rejection is an ApiError(status, message, param, code) that the
+server answers as {"error": {"message", "type", "param", "code"}}; a value quoted back in a message
+is cut to ECHO_CHARS characters. Tests: tests/test_chat_web.py, over HTTP and in-process.
 """
 
 import json
 import math
+import sys
 
 from fastapi.responses import JSONResponse
 
@@ -20,8 +22,7 @@ MAX_N = 8
 MAX_STOP = 4
 MAX_TOP_K = 200
 RETRY_AFTER_S = 2
-
-
+ECHO_CHARS = 100
 
 
 class ApiError(Exception):
@@ -38,19 +39,56 @@ def error_response(status, message, param=None, code=None, type="invalid_request
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+async def read_json(request):
+    """The request's body as parsed JSON; a 4xx ApiError for a body too large, not UTF-8, not JSON,
+    nested too deeply or holding an integer over Python's digit limit. A client that leaves mid-body
+    raises starlette's ClientDisconnect (the server answers it quietly)."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and len(length) < 20 and int(length) > MAX_BODY_BYTES:
+        raise ApiError(413, f"the request body is {int(length)} bytes, at most {MAX_BODY_BYTES}", code="body_too_large")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise ApiError(413, f"the request body is over {MAX_BODY_BYTES} bytes", code="body_too_large")
+    try:
+        return json.loads(body)
+    except UnicodeDecodeError:
+        raise ApiError(400, "the request body is not UTF-8 text", code="invalid_json") from None
+    except json.JSONDecodeError as e:
+        raise ApiError(400, f"the request body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}",
+                       code="invalid_json") from None
+    except RecursionError:
+        raise ApiError(400, "the request body is nested too deeply to read; a chat request is a few levels deep",
+                       code="invalid_json") from None
+    except ValueError:  # the one ValueError besides JSONDecodeError: an integer over int(str)'s digit limit
+        raise ApiError(400, f"the request body holds an integer of over {sys.get_int_max_str_digits()} digits; "
+                            "no field takes one that long", code="invalid_json") from None
+
+
 def _typename(value):
     return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def echo(value, limit=ECHO_CHARS):
+    """A value of the request as an error message quotes it: JSON, cut to `limit` characters."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (ValueError, RecursionError, TypeError):
+        text = f"<{_typename(value)}>"
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _number(body, name, lo, hi, lo_open=False):
     value = body.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ApiError(400, f"'{name}' must be a number, got {_typename(value)} {json.dumps(value)[:40]}", name)
+    # ints are compared as ints: float() of a huge one overflows; JSON's NaN and Infinity are not numbers here
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not math.isfinite(value)):
+        raise ApiError(400, f"'{name}' must be a number, got {_typename(value)} {echo(value)}", name)
     if value < lo or value > hi or (lo_open and value == lo):
         span = f"({lo}, {hi}]" if lo_open else f"[{lo}, {hi}]"
-        raise ApiError(400, f"'{name}' must be in {span}, got {value}", name)
+        raise ApiError(400, f"'{name}' must be in {span}, got {echo(value)}", name)
     return float(value)
 
 
@@ -59,9 +97,9 @@ def _integer(body, name, lo, hi):
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ApiError(400, f"'{name}' must be an integer, got {_typename(value)} {json.dumps(value)[:40]}", name)
+        raise ApiError(400, f"'{name}' must be an integer, got {_typename(value)} {echo(value)}", name)
     if not lo <= value <= hi:
-        raise ApiError(400, f"'{name}' must be in [{lo}, {hi}], got {value}", name)
+        raise ApiError(400, f"'{name}' must be in [{lo}, {hi}], got {echo(value)}", name)
     return value
 
 
@@ -78,7 +116,7 @@ def _content(message, i, role):
     for j, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
         if kind not in allowed:
-            raise ApiError(400, f"{param}[{j}] has type {kind!r}; {role} content parts must be one of "
+            raise ApiError(400, f"{param}[{j}] has type {echo(kind)}; {role} content parts must be one of "
                                 f"{', '.join(allowed)} (this model reads text only)", f"{param}[{j}].type")
         if not isinstance(part.get("text"), str):
             raise ApiError(400, f"{param}[{j}].text must be a string", f"{param}[{j}].text")
@@ -125,7 +163,7 @@ def parse_chat_request(body, max_tokens_default, temperature_default, top_k_defa
             role = "system"
         elif role not in ("user", "assistant"):
             hint = " (this server has no function calling)" if role in ("tool", "function") else ""
-            raise ApiError(400, f"messages[{i}].role {role!r} is not supported{hint}; use system, user or assistant",
+            raise ApiError(400, f"messages[{i}].role {echo(role)} is not supported{hint}; use system, user or assistant",
                            f"messages[{i}].role")
         content = _content(m, i, role)
         chars = len(content) if isinstance(content, str) else sum(len(p["text"]) for p in content)
@@ -154,9 +192,10 @@ def parse_chat_request(body, max_tokens_default, temperature_default, top_k_defa
     temperature = _number(body, "temperature", 0.0, 2.0)
     top_p = _number(body, "top_p", 0.0, 1.0, lo_open=True)
     top_k = _integer(body, "top_k", 0, MAX_TOP_K)
+    legacy_max_tokens = _integer(body, "max_tokens", 1, MAX_TOKENS_LIMIT)  # checked even when the newer name is given
     max_tokens = _integer(body, "max_completion_tokens", 1, MAX_TOKENS_LIMIT)
     if max_tokens is None:
-        max_tokens = _integer(body, "max_tokens", 1, MAX_TOKENS_LIMIT)
+        max_tokens = legacy_max_tokens
     n = _integer(body, "n", 1, MAX_N)
     seed = _integer(body, "seed", -(1 << 63), (1 << 64) - 1)
     stop = body.get("stop")

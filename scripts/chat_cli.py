@@ -11,6 +11,8 @@ being written and keeps the conversation (the partial reply stays in it). Calcul
 shown apart from the text, as [calc 6*7 = 42] (coloured when the output is a terminal and NO_COLOR
 is unset); the model writes the expression, the engine the result.
 Input is read line by line, so a conversation can also be piped in (one user message per line).
+Flags as in the README's flag table (--max-new-tokens; the old --max-tokens still works); --dtype
+auto as the training stages decide it.
 
 Tests: tests/test_chat_cli.py
 """
@@ -19,29 +21,21 @@ import argparse
 import os
 import signal
 import sys
-from contextlib import nullcontext
-
-import torch
 
 from nanochat.checkpoint_manager import CheckpointError, load_model
-from nanochat.common import compute_init
+from nanochat.common import autocast_ctx, compute_init, decide_compute_dtype
 from nanochat.engine import Engine, SamplingParams
+from nanochat.flags import add_compute_flags, add_reply_flags, add_source_flags
+from nanochat.reply import ReplyParts
 
 parser = argparse.ArgumentParser(description="Chat with a nanochat model in the terminal.")
-# checkpoint
-parser.add_argument("-i", "--source", default="sft", choices=["mid", "sft", "rl"], help="which stage's checkpoint")
-parser.add_argument("--model-tag", default=None, help="model tag (default: the largest model of that stage)")
-parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+add_source_flags(parser, ("mid", "sft", "rl"), default="sft")
+add_compute_flags(parser)
 # chat
 parser.add_argument("-p", "--prompt", default=None, help="answer this one prompt and exit")
-parser.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (0 = greedy)")
-parser.add_argument("--top-k", type=int, default=50, help="top-k sampling (0 = off)")
+add_reply_flags(parser, max_new_tokens=512, temperature=0.6, top_k=50)
 parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: keep the top tokens of this mass (1 = off)")
-parser.add_argument("--max-tokens", type=int, default=512, help="most tokens per reply")
 parser.add_argument("--seed", type=int, default=None, help="seed of the first reply's sampling (default: random)")
-# compute
-parser.add_argument("--device-type", default="", choices=["", "cuda", "mps", "cpu"], help="device (default: autodetect)")
-parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"], help="autocast dtype on CUDA")
 args = parser.parse_args()
 # bytes that are not valid in the locale's encoding (invalid UTF-8 piped in, a reply's emoji under
 # LANG=C) are replaced, never a UnicodeError that ends the conversation
@@ -53,8 +47,8 @@ if not 0 <= args.top_k <= 200:
     parser.error(f"--top-k must be in [0, 200], got {args.top_k}")
 if not 0.0 < args.top_p <= 1.0:
     parser.error(f"--top-p must be in (0, 1], got {args.top_p}")
-if args.max_tokens < 1:
-    parser.error(f"--max-tokens must be at least 1, got {args.max_tokens}")
+if args.max_new_tokens < 1:
+    parser.error(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
 if args.prompt is not None and not args.prompt.strip():
     parser.error("--prompt is empty")
 
@@ -64,13 +58,13 @@ try:
 except (FileNotFoundError, CheckpointError, ValueError) as e:
     parser.exit(1, f"chat_cli: cannot load the {args.source} checkpoint: {e}\n")
 engine = Engine(model, tokenizer, num_slots=1)
-autocast = torch.autocast("cuda", dtype=getattr(torch, args.dtype)) if compute.device_type == "cuda" else nullcontext()
+autocast = autocast_ctx(compute.device_type, decide_compute_dtype(compute.device_type, args.dtype)[0])
 
-sp = tokenizer.encode_special
-PYTHON_START, PYTHON_END = sp("<|python_start|>"), sp("<|python_end|>")
-OUTPUT_START, OUTPUT_END = sp("<|output_start|>"), sp("<|output_end|>")
 color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
 DIM, TOOL, RESULT, RESET = ("\033[2m", "\033[36m", "\033[1;32m", "\033[0m") if color else ("", "", "", "")
+# what is written when the reply moves from one part to the next (nanochat/reply.py's parts)
+SHOWN = {("text", "python"): f"{TOOL}[calc ", ("python", "text"): RESET,
+         ("text", "python_output"): f"{TOOL} = {RESULT}", ("python_output", "text"): f"{RESET}{TOOL}]{RESET}"}
 
 
 def write(text):
@@ -84,13 +78,13 @@ def reply(messages, seed):
     if len(prompt) >= engine.max_seq_len:
         write(f"[the conversation is {len(prompt)} tokens, the model's context {engine.max_seq_len}: /clear to start over]\n")
         return None
-    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k or None,
+    params = SamplingParams(max_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k or None,
                             top_p=None if args.top_p == 1.0 else args.top_p, seed=seed)
     rid = engine.add_request(prompt, params)
     # Ctrl-C only sets a flag, checked between steps: an interrupt inside a step could leave the engine half-updated
     stop = []
     previous = signal.signal(signal.SIGINT, lambda *_: stop.append(True))
-    parts, part, after_call, finish = [], "text", False, None
+    parts, after_call, finish = ReplyParts(tokenizer), False, None
     try:
         with autocast:
             while finish is None:
@@ -99,28 +93,14 @@ def reply(messages, seed):
                 for ev in engine.step():
                     if ev.finish_reason is not None:
                         finish = ev.finish_reason
-                    if after_call and ev.token != OUTPUT_START:  # the calculator refused the expression
+                    before = parts.part
+                    piece = parts.feed(ev.token, ev.text)
+                    if after_call and parts.part != "python_output":  # the calculator refused the expression
                         write(f"{DIM} (no result)]{RESET}")
-                    after_call = False
-                    if ev.token == PYTHON_START:
-                        part = "python"
-                        write(f"{TOOL}[calc ")
-                        parts.append({"type": part, "text": ""})
-                    elif ev.token == PYTHON_END:
-                        part, after_call = "text", True
-                        write(RESET)
-                    elif ev.token == OUTPUT_START:
-                        part = "python_output"
-                        write(f"{TOOL} = {RESULT}")
-                        parts.append({"type": part, "text": ""})
-                    elif ev.token == OUTPUT_END:
-                        part = "text"
-                        write(f"{RESET}{TOOL}]{RESET}")
-                    elif ev.text:
-                        if part == "text" and (not parts or parts[-1]["type"] != "text"):
-                            parts.append({"type": "text", "text": ""})
-                        parts[-1]["text"] += ev.text
-                        write(ev.text)
+                    after_call = (before, parts.part) == ("python", "text")
+                    write(SHOWN.get((before, parts.part), ""))
+                    if piece is not None:
+                        write(piece[2])
     finally:
         signal.signal(signal.SIGINT, previous)
     write(RESET)
@@ -129,7 +109,7 @@ def reply(messages, seed):
     elif finish == "length":
         write(f"{DIM} [max tokens reached]{RESET}")
     write("\n")
-    return parts
+    return parts.parts
 
 
 if args.prompt is not None:

@@ -118,8 +118,10 @@ def free_port():
 
 
 def server_env(base_dir):
-    # one thread per process: several servers and the test share two cores
-    return {**os.environ, "NANOCHAT_BASE_DIR": base_dir, "OMP_NUM_THREADS": "1", "NANOCHAT_API_KEY": ""}
+    # one thread per process: several servers and the test share two cores; --dtype auto pinned to fp32,
+    # the dtype of the in-process references
+    return {**os.environ, "NANOCHAT_BASE_DIR": base_dir, "OMP_NUM_THREADS": "1", "NANOCHAT_API_KEY": "",
+            "NANOCHAT_AUTO_DTYPE": "float32"}
 
 
 @contextmanager

@@ -48,12 +48,13 @@ def cli(base, *flags, stdin=b"", timeout=300):
 def test_one_shot_prompt_matches_the_engine(base, reference):
     rc, out, err = cli(base, "--model-tag", RANDOM_TAG, "--max-tokens", str(MAX_TOKENS), "-p", "Hello there")
     assert rc == 0, err
+    assert "--max-tokens is deprecated" in err and "--max-new-tokens" in err  # the old name still works
     assert out == reference([{"role": "user", "content": "Hello there"}]) + " [max tokens reached]\n"
 
 
 def test_piped_chat_keeps_turns_and_clears(base, reference):
     stdin = b"Hello there\nAnd then?\n/clear\nAnd then?\n/bogus\n/quit\nnever read\n"
-    rc, out, err = cli(base, "--model-tag", RANDOM_TAG, "--max-tokens", str(MAX_TOKENS), stdin=stdin)
+    rc, out, err = cli(base, "--model-tag", RANDOM_TAG, "--max-new-tokens", str(MAX_TOKENS), stdin=stdin)
     assert rc == 0, err
     first = reference([{"role": "user", "content": "Hello there"}])
     second = reference([{"role": "user", "content": "Hello there"}, {"role": "assistant", "content": first},
@@ -77,7 +78,7 @@ def test_tool_calls_are_shown_apart(base):
 
 def test_ctrl_c_stops_the_reply_and_keeps_the_chat(base):
     cmd = [sys.executable, "-m", "scripts.chat_cli", "--device-type", "cpu", "--model-tag", RANDOM_TAG,
-           "--max-tokens", "4000", "--temperature", "0"]
+           "--max-new-tokens", "4000", "--temperature", "0"]
     p = subprocess.Popen(cmd, cwd=REPO, env=server_env(base), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE)
     out = bytearray()
@@ -121,7 +122,7 @@ def test_missing_checkpoint_is_a_message(base, tmp_path):
 def test_invalid_utf8_on_stdin_is_replaced_not_fatal(base, lang):
     # issue 18 item 15: `printf 'hi \xff\n' | chat_cli` (and LANG=C) died with a UnicodeError
     cmd = [sys.executable, "-m", "scripts.chat_cli", "--device-type", "cpu", "--temperature", "0",
-           "--model-tag", RANDOM_TAG, "--max-tokens", str(MAX_TOKENS)]
+           "--model-tag", RANDOM_TAG, "--max-new-tokens", str(MAX_TOKENS)]
     env = {**server_env(base), "LANG": lang, "LC_ALL": lang, "PYTHONIOENCODING": ""}
     env.pop("PYTHONUTF8", None)
     p = subprocess.run(cmd, cwd=REPO, env=env, input=b"hi \xff\nok \xe2\x82\n/quit\n", capture_output=True, timeout=300)

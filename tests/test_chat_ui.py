@@ -6,7 +6,8 @@ real chat_web servers on the tiny checkpoints of tests/chat_fixtures.py (no mock
     random    replies run until max_tokens; 2 slots and no queue, so a third row gets 429
 Checks: the key prompt, a streamed reply, markdown and the tool call drawn apart, model and user
 HTML rendered as text and never run, stop (and the slot freed), regenerate, edit, new chat,
-Enter / Shift+Enter, and visible errors for a bad request, a busy server and a server that is gone.
+Enter / Shift+Enter, and visible errors for a bad request, a busy server and a server that is gone;
+markup in a reply's usage stays text, and a link around a calculator call leaves the page intact.
 Screenshots go to the test's tmp dir and to /tmp/nanochat_ui.png.
 
     uv run pytest tests/test_chat_ui.py -q
@@ -14,6 +15,7 @@ Screenshots go to the test's tmp dir and to /tmp/nanochat_ui.png.
 
 import json
 import os
+import re
 import shutil
 import time
 
@@ -157,6 +159,55 @@ def test_stream_stop_regenerate_edit_and_new_chat(browser, servers):
 
     page.click("#new-chat")
     assert page.locator(".msg").count() == 0 and page.locator(".empty").count() == 1
+    assert not page.errors
+    page.context.close()
+
+
+def test_usage_from_the_server_is_text_not_html(browser, servers):
+    # issue 18 item 14: usage.completion_tokens went into innerHTML unescaped. A server (or anything on
+    # the path) that sends markup there: the real reply, its usage rewritten on the way to the page
+    url = servers[1]
+    payload = '<img id="pwn" src="x">'
+
+    def tamper(route):
+        response = route.fetch()
+        body = re.sub(r'"completion_tokens":\d+', '"completion_tokens":' + json.dumps(payload), response.text())
+        route.fulfill(response=response, body=body)
+
+    page = open_page(browser, url, {"temperature": 0, "top_k": 0, "max_tokens": 8, "system": "", "key": ""})
+    page.route("**/v1/chat/completions", tamper)
+    page.wait_for_function("() => document.getElementById('model').textContent.startsWith('nanochat-sft-')")
+    send(page, "hi")
+    wait_done(page)
+    assert last_reply(page)  # the reply itself came through
+    assert page.evaluate("document.querySelectorAll('#pwn, .msg img').length") == 0
+    assert payload not in page.content() or "&lt;img" in page.content()
+    assert not page.errors
+    page.context.close()
+
+
+def test_markdown_link_around_a_calculator_call_keeps_the_page_intact(browser, servers):
+    # issue 18 item 14: the link pattern took the placeholder of a tool call (or a code span) into its
+    # href; swapping the chip in then cut the href and put attribute text on the page
+    page = open_page(browser, servers[1], {"key": ""})
+    cases = {
+        "call": [{"type": "text", "text": "see [the docs](https://example.com/a"}, {"type": "python", "text": "6*7"},
+                 {"type": "python_output", "text": "42"}, {"type": "text", "text": "/b) now"}],
+        "code": [{"type": "text", "text": "see [x](https://example.com/`b`) and [ok](https://example.com/c)"}],
+    }
+    for name, parts in cases.items():
+        got = page.evaluate("""(parts) => {
+            const div = document.createElement("div");
+            div.innerHTML = renderAssistant({ role: "assistant", parts }, false);
+            return { hrefs: [...div.querySelectorAll("a")].map((a) => a.getAttribute("href")), text: div.textContent,
+                     chips: div.querySelectorAll(".tool").length, codes: div.querySelectorAll("code").length };
+        }""", parts)
+        assert all(re.fullmatch(r"https://example\.com/[\w/]*", h) for h in got["hrefs"]), (name, got)
+        assert "class=" not in got["text"] and "title=" not in got["text"] and "<" not in got["text"], (name, got)
+        if name == "call":
+            assert got["chips"] == 1 and "6*7" in got["text"] and "42" in got["text"], got
+        else:
+            assert got["hrefs"] == ["https://example.com/c"] and got["codes"] == 1, got
     assert not page.errors
     page.context.close()
 

@@ -5,15 +5,21 @@ tiny checkpoints of tests/chat_fixtures.py:
     B  the scripted model (a fixed reply with a calculator call), no key
 Through the `openai` client package and raw HTTP: greedy replies match the engine run in-process,
 streaming matches non-streaming, stop / seed / n / usage / finish reasons, the tool-call extension,
-every bad input gets its 4xx (and the next good request still works), the key is enforced,
-16 concurrent streams give exactly what each gets alone, a disconnect frees the slots, a full queue
-gives 429.
+every bad input gets its 4xx with the bad value quoted at most ~100 characters (and the next good
+request still works), the key is enforced, 16 concurrent streams give exactly what each gets alone,
+a disconnect frees the slots (streaming or not; a reply nobody read is not counted as served), an
+upload cut off mid-body logs nothing, a full queue gives 429. The --max-tokens of server A's flags
+is now --max-new-tokens (the old name is tested in test_chat_cli.py).
 
     uv run pytest tests/test_chat_web.py -q
 """
 
+import http.client
+import json
+import socket
 import threading
 import time
+from urllib.parse import urlsplit
 
 import pytest
 from openai import APIStatusError, OpenAI
@@ -21,7 +27,7 @@ from openai import APIStatusError, OpenAI
 from nanochat.engine import Engine, SamplingParams
 from tests.chat_fixtures import (RANDOM_TAG, SCRIPTED_CONTENT, SCRIPTED_PARTS, SCRIPTED_TAG, SSE, TOOL_EXPR,
                                  TOOL_RESULT, chat_servers, chat_tokenizer, make_chat_base, random_chat_model,
-                                 request)
+                                 request, server_log)
 
 KEY = "test-key-123"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -34,10 +40,14 @@ def tok(tiny_tokenizer):
 
 
 @pytest.fixture(scope="module")
-def servers(tiny_tokenizer, tmp_path_factory):
-    base = make_chat_base(tmp_path_factory.mktemp("chat_web"), tiny_tokenizer)
+def base(tiny_tokenizer, tmp_path_factory):
+    return make_chat_base(tmp_path_factory.mktemp("chat_web"), tiny_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def servers(base):
     flags_a = ["--model-tag", RANDOM_TAG, "--api-key", KEY, "--num-gpus", "2", "--num-slots", str(SLOTS),
-               "--max-queue", str(QUEUE), "--max-tokens", "16"]
+               "--max-queue", str(QUEUE), "--max-new-tokens", "16"]
     flags_b = ["--model-tag", SCRIPTED_TAG]
     with chat_servers(base, flags_a, flags_b) as urls:
         yield urls
@@ -218,6 +228,8 @@ def test_tool_call_parts_round_trip(servers, tok):
 # bad input: a clear 4xx, and the server keeps serving
 
 GOOD = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+HUGE_INT = '{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "FIELD": 1' + "0" * 400 + "}"
+OVER_DIGIT_LIMIT = '{"messages": [{"role": "user", "content": "hi"}], "FIELD": ' + "7" * 5000 + "}"
 LONG_CONVERSATION = [{"role": "user" if i % 2 == 0 else "assistant", "content": "x" * 7000} for i in range(5)]
 BAD_REQUESTS = [
     # (name, body, expected status, param or None, words the message must contain)
@@ -228,7 +240,7 @@ BAD_REQUESTS = [
     ("messages not a list", {"messages": "hi"}, 400, "messages", "array"),
     ("empty conversation", {"messages": []}, 400, "messages", "empty"),
     ("message not an object", {"messages": ["hi"]}, 400, "messages[0]", "object"),
-    ("unknown role", {"messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages[0].role", "'wizard'"),
+    ("unknown role", {"messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages[0].role", '"wizard"'),
     ("tool role", {"messages": [{"role": "tool", "content": "hi"}]}, 400, "messages[0].role", "function calling"),
     ("content wrong type", {"messages": [{"role": "user", "content": 42}]}, 400, "messages[0].content", "string"),
     ("image part", {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
@@ -267,6 +279,18 @@ BAD_REQUESTS = [
     ("tools", {**GOOD, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools", "not supported"),
     ("logprobs", {**GOOD, "logprobs": True}, 400, "logprobs", "not supported"),
     ("oversized body", {"messages": [{"role": "user", "content": "x" * (1 << 20)}]}, 413, None, "bytes"),
+    # issue 18 item 10: these were 500s, or echoed the whole value
+    ("temperature 1e400 as an integer", HUGE_INT.replace("FIELD", "temperature"), 400, "temperature", "[0.0, 2.0]"),
+    ("top_p 1e400 as an integer", HUGE_INT.replace("FIELD", "top_p"), 400, "top_p", "(0.0, 1.0]"),
+    ("max_tokens of 5,000 digits", OVER_DIGIT_LIMIT.replace("FIELD", "max_tokens"), 400, None, "4300 digits"),
+    ("seed of 5,000 digits", OVER_DIGIT_LIMIT.replace("FIELD", "seed"), 400, None, "4300 digits"),
+    ("nested 100,000 deep", '{"messages": ' + "[" * 100_000 + "]" * 100_000 + "}", 400, None, "nested too deeply"),
+    ("max_tokens beside max_completion_tokens", {**GOOD, "max_completion_tokens": 4, "max_tokens": 0}, 400,
+     "max_tokens", "[1, 4096]"),
+    ("a 100k-character role", {"messages": [{"role": "x" * 100_000, "content": "hi"}]}, 400, "messages[0].role",
+     "100002 characters"),
+    ("NaN temperature", '{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}', 400, "temperature",
+     "number"),
 ]
 
 
@@ -278,6 +302,7 @@ def test_bad_input_gets_a_clear_4xx(url, name, body, status, param, words):
     assert err["error"]["type"] == "invalid_request_error"
     assert err["error"]["param"] == param
     assert words in err["error"]["message"], err["error"]["message"]
+    assert len(err["error"]["message"]) < 400, "a bad value is quoted back whole"
     ok, _, reply = request(url, "POST", "/v1/chat/completions", GOOD, headers=AUTH)  # still serving
     assert ok == 200 and reply["choices"][0]["message"]["content"], reply
 
@@ -358,6 +383,40 @@ def test_disconnect_frees_the_slot(url):
     # and the server goes on serving
     status, _, reply = request(url, "POST", "/v1/chat/completions", GOOD, headers=AUTH)
     assert status == 200, reply
+
+
+def test_non_streaming_client_that_leaves_frees_its_slots(url):
+    # issue 18 item 11: the reply went on decoding (the check ran only after 0.5 s without a token) and was served
+    before = wait_idle(url)
+    conn = http.client.HTTPConnection(urlsplit(url).hostname, urlsplit(url).port, timeout=30)
+    conn.request("POST", "/v1/chat/completions", json.dumps({"messages": user("four long replies"), "max_tokens": 480,
+                                                              "n": 4, "temperature": 1.0}),
+                 headers={"Content-Type": "application/json", **AUTH})
+    deadline = time.time() + 30
+    while stats(url)["active"] < 4:  # all four rows decoding
+        assert time.time() < deadline, "the request did not start"
+        time.sleep(0.02)
+    conn.sock.shutdown(socket.SHUT_RDWR)
+    conn.close()
+    left = time.time()
+    after = wait_idle(url, timeout=5)
+    assert time.time() - left < 2.0, "the slots were not freed promptly"
+    assert after["requests_served"] == before["requests_served"], "a reply nobody read counted as served"
+    assert after["tokens_generated"] - before["tokens_generated"] < 4 * 480 // 2, "the rows kept decoding"
+
+
+def test_upload_cut_off_mid_body_is_quiet(url, base):
+    # issue 18 item 10: starlette's ClientDisconnect was logged as a 500 with two tracebacks
+    log_before = len(server_log(base, url))
+    for _ in range(3):
+        with socket.create_connection((urlsplit(url).hostname, urlsplit(url).port)) as sock:
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         b"Authorization: Bearer " + KEY.encode() + b"\r\nContent-Length: 1000\r\n\r\n{\"messages\": [")
+            time.sleep(0.2)  # the handler is reading the body
+    time.sleep(0.5)
+    assert request(url, "GET", "/health")[0] == 200
+    log = server_log(base, url)[log_before:]
+    assert "Traceback" not in log and "ERROR" not in log and "Exception" not in log, log
 
 
 def test_full_queue_answers_429(url):
