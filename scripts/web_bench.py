@@ -159,7 +159,7 @@ server_env = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.th
 port = free_port()
 ours = start("nanochat", [sys.executable, "-m", "scripts.chat_web", "-i", "sft", "--port", str(port),
                           "--device-type", device_type, "--num-slots", str(args.num_slots), "--max-queue", "100000",
-                          "--max-tokens", str(args.max_new_tokens)],
+                          "--max-new-tokens", str(args.max_new_tokens)],
              {**server_env, "NANOCHAT_BASE_DIR": base_dir, "NANOCHAT_API_KEY": ""}, port)
 ours["model"] = "nanochat"
 servers = [ours]
