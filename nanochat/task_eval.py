@@ -13,7 +13,9 @@ Two kinds of task (a Task's `eval_type`):
 - generative (GSM8K, HumanEval, SpellingBee): completions are sampled through the Engine (greedy by
   default, with tool use), all of a rank's problems batched together by Engine.generate_many;
   with num_samples > 1 a problem passes if any sample passes (pass@k). batched=False is the
-  reference, one problem at a time through Engine.generate_batch.
+  reference, one problem at a time through Engine.generate_batch. A task scores `reply_text`: the
+  assistant's own text, without its tool calls and the tool's outputs, so a "#### 5" that the
+  calculator printed (a call on the string '#### 5') is no answer; chat_rl's reward reads the same.
 
 A cap (max_items) evaluates a seeded random sample of the whole split (`eval_indices`), the same
 items on every run: splits are often stored sorted (MMLU by subject), so the first N items would
@@ -55,6 +57,27 @@ def eval_indices(num_items, max_items=None, seed=SAMPLE_SEED):
     if max_items is None or max_items >= num_items:
         return list(range(num_items))
     return random.Random(seed).sample(range(num_items), max_items)
+
+
+TOOL_BLOCKS = {"<|python_start|>": "<|python_end|>", "<|output_start|>": "<|output_end|>"}
+
+
+def reply_text(tokenizer, tokens):
+    """The assistant's own text in a reply (token ids after <|assistant_start|>), what a task scores:
+    the tokens inside a tool call (<|python_start|> ... <|python_end|>) or a tool output
+    (<|output_start|> ... <|output_end|>, forced by the engine) are left out, the special tokens too.
+    Read from the ids, not from decoded text: ordinary tokens can spell "<|output_end|>" as well."""
+    closing = {tokenizer.encode_special(a): tokenizer.encode_special(b) for a, b in TOOL_BLOCKS.items()}
+    specials = {tokenizer.encode_special(name) for name in tokenizer.get_special_tokens()}
+    own, until = [], None  # until: the token that ends the tool block we are in
+    for token in tokens:
+        if until is not None:
+            until = None if token == until else until
+        elif token in closing:
+            until = closing[token]
+        elif token not in specials:
+            own.append(token)
+    return tokenizer.decode(own)  # decoded together: a character split over two tokens stays whole
 
 
 def letter_token_ids(tokenizer, letters):
@@ -127,14 +150,14 @@ def evaluate_generative(model, tokenizer, task, num_samples=1, max_new_tokens=51
         params = [SamplingParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k or None,
                                  seed=seed + i, n=num_samples) for i, _, _, max_tokens in problems]
         outputs = engine.generate_many([prompt for _, _, prompt, _ in problems], params) if problems else []
-        texts = [[tokenizer.decode(c.tokens) for c in completions] for completions in outputs]
+        texts = [[reply_text(tokenizer, c.tokens) for c in completions] for completions in outputs]
     else:
         engine = Engine(model, tokenizer)
         texts = []
         for i, _, prompt, max_tokens in problems:
             results, _ = engine.generate_batch(prompt, num_samples=num_samples, max_tokens=max_tokens,
                                                temperature=temperature, top_k=top_k, seed=seed + i)
-            texts.append([tokenizer.decode(r[len(prompt):]) for r in results])
+            texts.append([reply_text(tokenizer, r[len(prompt):]) for r in results])
     for (_, conversation, _, _), completions in zip(problems, texts, strict=True):
         passed += int(any(task.evaluate(conversation, c) for c in completions))
         total += 1

@@ -4,6 +4,8 @@ Shared pytest fixtures. Everything here is made by the tests themselves (no netw
     tiny_corpus          ~7 KB of varied text (prose, code, digits, a chat transcript, several scripts, emoji)
     tiny_tokenizer       a Tokenizer trained on it: 256 bytes + 100 merges + 9 special tokens = 365 ids
     tiny_tokenizer_dir   the same tokenizer saved to a temporary directory (for code that loads from disk)
+    answer_tokenizer     one trained on it plus answer lines ("#### 1", a calculator call printing "#### 72"),
+                         so that "####" is one token: a bigram toy model can write a "#### <n>" answer
 
 All are session-scoped: train once, reuse everywhere. Do not mutate them.
 """
@@ -54,3 +56,16 @@ def tiny_tokenizer_dir(tiny_tokenizer, tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny_tokenizer")
     tiny_tokenizer.save(str(path))
     return str(path)
+
+
+MARKER_CALL = "'## 72'.replace('#','##')"  # the calculator prints "#### 72"; no token of it repeats in answer_tokenizer
+ANSWER_LINES = f"#### 0\n#### 1\n{MARKER_CALL}\n" * 40
+
+
+@pytest.fixture(scope="session")
+def answer_tokenizer(tiny_corpus):
+    from nanochat.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.train_from_iterator(iter(tiny_corpus + [ANSWER_LINES]), TINY_VOCAB_SIZE)
+    assert len(tokenizer.encode("####")) == 1, "the answer merge is missing"
+    return tokenizer
