@@ -20,6 +20,8 @@ Two kinds of task (a Task's `eval_type`):
 A cap (max_items) evaluates a seeded random sample of the whole split (`eval_indices`), the same
 items on every run: splits are often stored sorted (MMLU by subject), so the first N items would
 cover a few subjects only. Items are spread over ranks (rank::world_size) and the counts are summed across ranks.
+Each accuracy comes with its 95% Wilson interval, and `score_intervals` adds ChatCORE's bootstrap
+interval (nanochat/stats.py) for the records that report.md reads.
 Units: accuracies, baselines and centred accuracies are fractions (0..1). Each task's random
 baseline is its Task class's `baseline` attribute (0.25 for 4-way multiple choice, 0 for
 generative tasks); ChatCORE is the mean over tasks of the centred accuracy
@@ -38,6 +40,7 @@ import torch.distributed as dist
 from nanochat.common import get_rank, get_world_size, print0
 from nanochat.core_eval import centered_accuracy
 from nanochat.engine import Engine, SamplingParams
+from nanochat.stats import bootstrap_centered_mean, interval_record, wilson_interval
 
 
 def _sum_across_ranks(*counts, device):
@@ -179,10 +182,23 @@ def evaluate_task(model, tokenizer, name, task, batch_size=8, num_samples=1, max
                                              temperature, top_k, max_items, batched=fast)
     accuracy = correct / max(total, 1)
     return {"task": name, "correct": correct, "total": total, "accuracy": accuracy, "baseline": task.baseline,
-            "centered": centered_accuracy(accuracy, task.baseline), "seconds": time.time() - t0}
+            "centered": centered_accuracy(accuracy, task.baseline), "interval": list(wilson_interval(correct, total)),
+            "seconds": time.time() - t0}
 
 
 def chatcore(results):
     """ChatCORE: the mean centred accuracy over the evaluated tasks ({name: evaluate_task's dict})."""
     assert results, "ChatCORE needs at least one task"
     return sum(r["centered"] for r in results.values()) / len(results)
+
+
+def score_intervals(results):
+    """{name: interval record, ..., "ChatCORE": ...} of evaluate_task results ({name: dict}): each
+    accuracy's Wilson interval and ChatCORE's seeded bootstrap (nanochat.stats), for a results record."""
+    intervals = {name: interval_record(*wilson_interval(r["correct"], r["total"]), r["total"], "wilson")
+                 for name, r in results.items()}
+    counted = [r for r in results.values() if r["total"] > 0]
+    if len(counted) == len(results):
+        low, high = bootstrap_centered_mean([(r["correct"], r["total"], r["baseline"]) for r in counted])
+        intervals["ChatCORE"] = interval_record(low, high, sum(r["total"] for r in counted), "bootstrap")
+    return intervals

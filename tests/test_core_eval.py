@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from nanochat import core_eval
 from nanochat.core_bundle import load_core_tasks
+from nanochat.stats import bootstrap_centered_mean, wilson_interval
 from nanochat.core_eval import (
     centered_accuracy,
     core_metric,
@@ -449,7 +450,7 @@ def test_evaluate_core_fast_equals_reference(tiny_tokenizer, tmp_path, monkeypat
     reference = core_eval.evaluate_core(model, tiny_tokenizer, "cpu", max_per_task=4, fast=False, batch_size=1)
     assert set(reference["tasks"]) == {"mc_task", "lm_task"}
     assert core_eval.evaluate_core(model, tiny_tokenizer, "cpu", max_per_task=4) == {
-        "core": reference["core"],
+        "core": reference["core"], "core_interval": reference["core_interval"],
         "tasks": {label: dict(r, seconds=pytest.approx(r["seconds"], abs=1e9)) for label, r in reference["tasks"].items()}}
     # each task as evaluate_task scores it on the first 4 items after the fixed shuffle
     import random
@@ -461,6 +462,11 @@ def test_evaluate_core_fast_equals_reference(tiny_tokenizer, tmp_path, monkeypat
         assert r["items"] == 4
         assert r["accuracy"] == evaluate_task(model, tiny_tokenizer, data, "cpu", task, max_items=4, fast=False)
         assert r["centered"] == pytest.approx(centered_accuracy(r["accuracy"], task["random_baseline"]))
+        assert r["correct"] / 4 == r["accuracy"] and r["baseline"] == task["random_baseline"]
+        assert r["interval"] == [pytest.approx(centered_accuracy(b, r["baseline"])) for b in wilson_interval(r["correct"], 4)]
+    low, high = reference["core_interval"]
+    assert (low, high) == bootstrap_centered_mean([(r["correct"], 4, r["baseline"]) for r in reference["tasks"].values()])
+    assert low <= reference["core"] <= high
     assert reference["core"] == pytest.approx(core_metric({k: r["centered"] for k, r in reference["tasks"].items()}))
     only = core_eval.evaluate_core(model, tiny_tokenizer, "cpu", tasks=["lm_task"])
     assert set(only["tasks"]) == {"lm_task"} and only["tasks"]["lm_task"]["items"] == len(LM_ITEMS)
@@ -499,6 +505,11 @@ def test_base_eval_end_to_end(tiny_tokenizer, tmp_path, monkeypatch):
     assert record["metrics"] == pytest.approx(
         {"CORE": expected["core"], **{label: r["centered"] for label, r in expected["tasks"].items()}})
     assert record["extra"]["tasks"]["mc_task"]["items"] == 3 and record["config"]["eval_items"] == 3
+    intervals = record["extra"]["intervals"]  # what report.md shows: CORE's bootstrap, each task's Wilson
+    assert (intervals["CORE"]["low"], intervals["CORE"]["high"]) == pytest.approx(expected["core_interval"])
+    assert intervals["CORE"]["n"] == 6 and intervals["CORE"]["method"] == "bootstrap"
+    assert [intervals["mc_task"]["low"], intervals["mc_task"]["high"]] == pytest.approx(expected["tasks"]["mc_task"]["interval"])
+    assert f"CORE: {expected['core']:.4f} [{expected['core_interval'][0]:.4f}, " in proc.stdout
 
     proc = base_eval("-i", "sft", "-a", "lm_task")  # another stage's checkpoint: its own record
     assert proc.returncode == 0, proc.stderr[-3000:]
