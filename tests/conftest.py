@@ -8,6 +8,10 @@ Shared pytest fixtures. Everything here is made by the tests themselves (no netw
                          so that "####" is one token: a bigram toy model can write a "#### <n>" answer
 
 All are session-scoped: train once, reuse everywhere. Do not mutate them.
+
+seeded_generators (autouse) seeds torch's, random's and numpy's global generators before every test:
+an input drawn without the test's own seed is the same on every run, whatever ran before it and
+whichever tests -k selected. Module- and session-scoped fixtures run before it and seed their own.
 """
 
 import random
@@ -37,6 +41,19 @@ def make_tiny_corpus(seed=1234):
     docs.append("Привет, мир! Как дела? Всё хорошо.\n" * 3 + "مرحبا بالعالم\n" * 2 + "नमस्ते दुनिया\n" * 2)
     docs.append("emoji 🙂🙂 👍🏽 👨‍👩‍👧 🎉🎉🎉 and tabs\tand\t\ttabs, spaces     and\n\n\nnewlines\r\n")
     return docs
+
+
+TEST_SEED = 0
+
+
+@pytest.fixture(autouse=True)
+def seeded_generators():
+    import numpy as np
+    import torch
+
+    torch.manual_seed(TEST_SEED)
+    random.seed(TEST_SEED)
+    np.random.seed(TEST_SEED)
 
 
 @pytest.fixture(scope="session")
