@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from nanochat.common import print0
 from nanochat.core_bundle import TASK_TYPES, get_core_bundle_dir, load_core_tasks, load_task_data
+from nanochat.stats import bootstrap_centered_mean, wilson_interval
 
 FEWSHOT_SEPARATOR = "\n\n"
 FEWSHOT_SEED = 1234  # item idx draws its examples with random.Random(FEWSHOT_SEED + idx)
@@ -399,8 +400,10 @@ def evaluate_core(model, tokenizer, device, max_per_task=None, tasks=None, fast=
     """CORE of a model: every task of core.yaml (or the labels in `tasks`), each on its first
     max_per_task items after a fixed shuffle (None: all), spread over ranks.
 
-    Returns dict(core=float, tasks={label: {"accuracy", "centered", "items", "seconds"}}), accuracies and
-    centred accuracies as fractions (0..1; centred is 0 at the random baseline and may be negative).
+    Returns dict(core=float, core_interval=(low, high), tasks={label: {"accuracy", "centered", "items",
+    "correct", "baseline", "interval", "seconds"}}), accuracies and centred accuracies as fractions (0..1;
+    centred is 0 at the random baseline and may be negative); interval: the centred accuracy's 95% Wilson
+    interval, core_interval: CORE's seeded bootstrap interval (nanochat/stats.py).
     progress=True prints one line per task as it finishes (rank 0). fast=False runs the reference path.
     batch_size: items per forward pass; None is 8 on the fast path and 1 on the reference path (whose
     full logits take B x T x vocab floats). Raises RuntimeError (no bundle) or ValueError (unknown
@@ -419,9 +422,15 @@ def evaluate_core(model, tokenizer, device, max_per_task=None, tasks=None, fast=
         accuracy = evaluate_task(model, tokenizer, data, device, task, max_items=n, batch_size=batch_size,
                                  progress=progress, fast=fast)
         seconds = time.time() - t0
-        centered = centered_accuracy(accuracy, task["random_baseline"])
-        results[task["label"]] = dict(accuracy=accuracy, centered=centered, items=n, seconds=seconds)
+        baseline = task["random_baseline"]
+        centered = centered_accuracy(accuracy, baseline)
+        correct = round(accuracy * n)  # evaluate_task's correct / n, back to the count
+        interval = [centered_accuracy(bound, baseline) for bound in wilson_interval(correct, n)]
+        results[task["label"]] = dict(accuracy=accuracy, centered=centered, items=n, correct=correct,
+                                      baseline=baseline, interval=interval, seconds=seconds)
         if progress:
             print0(f"[{i + 1:2d}/{len(selected)}] {task['label']:<34} accuracy {accuracy:.4f}  centred {centered:+.4f}  "
                    f"{seconds:7.1f}s ({1000 * seconds / max(n, 1):.0f} ms/item)", flush=True)
-    return dict(core=core_metric({label: r["centered"] for label, r in results.items()}), tasks=results)
+    core_interval = bootstrap_centered_mean([(r["correct"], r["items"], r["baseline"]) for r in results.values()])
+    return dict(core=core_metric({label: r["centered"] for label, r in results.items()}), core_interval=core_interval,
+                tasks=results)

@@ -19,7 +19,9 @@ broken in most of them.
 
 Sections: header, code size, one per stage in pipeline order (a stage without a record says "did
 not run"), greedy sample replies of the final chat model, and a summary table (a column per model
-BASE / MID / SFT / RL, a row per metric, a dash where a model has no value). The latest record per
+BASE / MID / SFT / RL, a row per metric, a dash where a model has no value; each value with its
+95% interval and item count where its record has them, "43.8 [23.1, 66.8] n=16"; for a d20 run, the
+original's published d20 scores beside ours, REFERENCE_SCORES). The latest record per
 (stage, source) is used. Sample replies come from the final model's records (extra["samples"], a
 list of {"prompt", "reply"}) or, with --samples (default: when a chat checkpoint exists), from
 loading that model and decoding greedily.
@@ -40,6 +42,7 @@ import time
 
 from nanochat.common import atomic_write, get_base_dir
 from nanochat.runlog import load_results
+from nanochat.stats import fmt_estimate
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CODE_EXTENSIONS = (".py", ".rs", ".sh", ".md", ".toml", ".html", ".js", ".css")
@@ -66,6 +69,20 @@ TRAINED = {"mid_train": "mid", "chat_sft": "sft", "chat_rl": "rl"}
 SUMMARY_COLUMNS = ["BASE", "MID", "SFT", "RL"]
 SUMMARY_ROWS = ["CORE", "ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "SpellingBee", "ChatCORE"]
 SCORES = ("CORE", "ChatCORE")  # centred means, printed as numbers; the other rows are accuracies
+# The original's published d20 speedrun scorecard (karpathy/nanochat README.md at commit 67d76b8, the
+# example summary table of speedrun.sh, 3h51m on 8xH100): fractions as printed there, no item counts.
+# Shown when the run's base model is REFERENCE_TAG.
+REFERENCE_TAG = "d20"
+REFERENCE_SOURCE = "karpathy/nanochat's README.md at commit 67d76b8, its speedrun.sh d20 report card"
+REFERENCE_SCORES = {
+    ("CORE", "BASE"): 0.2219,
+    ("ARC-Challenge", "MID"): 0.2875, ("ARC-Challenge", "SFT"): 0.2807,
+    ("ARC-Easy", "MID"): 0.3561, ("ARC-Easy", "SFT"): 0.3876,
+    ("GSM8K", "MID"): 0.0250, ("GSM8K", "SFT"): 0.0455, ("GSM8K", "RL"): 0.0758,
+    ("HumanEval", "MID"): 0.0671, ("HumanEval", "SFT"): 0.0854,
+    ("MMLU", "MID"): 0.3111, ("MMLU", "SFT"): 0.3151,
+    ("ChatCORE", "MID"): 0.0730, ("ChatCORE", "SFT"): 0.0884,
+}
 
 
 def report_dir():
@@ -190,11 +207,23 @@ def _is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def fmt_metric(name, value, stage):
-    """Chat-eval accuracies are fractions, shown as percentages; everything else as fmt_value."""
-    if stage == "chat_eval" and name not in SCORES and _is_number(value):
+def fmt_metric(name, value, stage, interval=None):
+    """A metric with its 95% interval and item count when its record has one (interval: an
+    extra["intervals"] entry, nanochat.stats.interval_record): chat-eval accuracies in percent
+    ("43.8 [23.1, 66.8] n=16"), scores as numbers; without one, chat-eval accuracies as "43.75%",
+    everything else as fmt_value."""
+    percent = stage == "chat_eval" and name not in SCORES
+    if interval is not None and _is_number(value):
+        return fmt_estimate(value, (interval["low"], interval["high"]), interval["n"], percent=percent)
+    if percent and _is_number(value):
         return f"{100 * value:.2f}%"
     return fmt_value(value)
+
+
+def record_intervals(record):
+    """{metric: interval record} of a results record (extra["intervals"], written by chat_eval and base_eval)."""
+    intervals = ((record or {}).get("extra") or {}).get("intervals")
+    return intervals if isinstance(intervals, dict) else {}
 
 
 def _fmt_time(t):
@@ -348,7 +377,8 @@ def render_section(title, stage, record, out_dir):
     metrics = record.get("metrics") or {}
     if metrics:
         lines += ["| metric | value |", "|---|---|"]
-        lines += [f"| {fmt_value(k)} | {fmt_metric(k, v, stage)} |" for k, v in metrics.items()]
+        intervals = record_intervals(record)
+        lines += [f"| {fmt_value(k)} | {fmt_metric(k, v, stage, intervals.get(k))} |" for k, v in metrics.items()]
         lines.append("")
     curve = (record.get("artifacts") or {}).get("loss_curve")
     if curve:
@@ -374,36 +404,56 @@ def render_section(title, stage, record, out_dir):
 
 
 def summary_table(latest):
-    """{(metric, column): value} from base_eval and chat_eval records; absent where not measured."""
+    """{(metric, column): (value, interval record or None)} from base_eval and chat_eval records;
+    absent where not measured."""
     cells = {}
     for column in SUMMARY_COLUMNS:
         records = [find_record(latest, "chat_eval", column.lower())]
         if column == "BASE":
             records.append(find_record(latest, "base_eval", "base"))
         for record in records:
+            intervals = record_intervals(record)
             for metric, value in ((record or {}).get("metrics") or {}).items():
                 if metric in SUMMARY_ROWS and _is_number(value):
-                    cells[(metric, column)] = value
+                    cells[(metric, column)] = (value, intervals.get(metric))
     return cells
+
+
+def fmt_summary_cell(metric, cell):
+    """A summary cell: (value, interval record or None) -> "43.8 [23.1, 66.8] n=16", or the value alone."""
+    if cell is None:
+        return "-"
+    value, interval = cell
+    if interval is not None:
+        return fmt_estimate(value, (interval["low"], interval["high"]), interval["n"], percent=metric not in SCORES)
+    return f"{value:.4f}" if metric in SCORES else f"{100 * value:.2f}%"
+
+
+def summary_grid(cell_text):
+    """The summary's markdown table: a row per SUMMARY_ROWS metric, cell_text(metric, column) in each cell."""
+    lines = ["| metric | " + " | ".join(SUMMARY_COLUMNS) + " |", "|---|" + "---:|" * len(SUMMARY_COLUMNS)]
+    lines += [f"| {m} | " + " | ".join(cell_text(m, c) for c in SUMMARY_COLUMNS) + " |" for m in SUMMARY_ROWS]
+    return lines + [""]
 
 
 def render_summary(latest):
     cells = summary_table(latest)
-    lines = ["## Summary", "", "| metric | " + " | ".join(SUMMARY_COLUMNS) + " |",
-             "|---|" + "---:|" * len(SUMMARY_COLUMNS)]
-    for metric in SUMMARY_ROWS:
-        row = []
-        for column in SUMMARY_COLUMNS:
-            v = cells.get((metric, column))
-            row.append("-" if v is None else f"{v:.4f}" if metric in SCORES else f"{100 * v:.2f}%")
-        lines.append(f"| {metric} | " + " | ".join(row) + " |")
-    lines.append("")
+    lines = ["## Summary", ""] + summary_grid(lambda m, c: fmt_summary_cell(m, cells.get((m, c))))
+    lines += ["Accuracies in percent, CORE and ChatCORE as centred scores (0 = chance, 1 = perfect), on the "
+              "item caps each eval was run with (see its config); each with its 95% interval [low, high] and "
+              "item count n (Wilson for an accuracy, a seeded bootstrap over each task's items for CORE and "
+              "ChatCORE; nanochat/stats.py). Values whose intervals overlap may differ by noise alone.", ""]
+    base = find_record(latest, "base_train")
+    if base is not None and base.get("model_tag") == REFERENCE_TAG:  # speedrun.sh's model: the published one
+        def published(m, c):
+            v = REFERENCE_SCORES.get((m, c))
+            return "-" if v is None else f"{v:.4f}" if m in SCORES else f"{100 * v:.2f}%"
+        lines += [f"The reference: the scores published in {REFERENCE_SOURCE} (its own task code and "
+                  "evaluation settings; no item counts or intervals given there):", ""] + summary_grid(published)
     trained_by = {"BASE": "base_train", **{src.upper(): stage for stage, src in TRAINED.items()}}
     missing = [c for c in SUMMARY_COLUMNS if not find_record(latest, trained_by[c])]
     if missing:
         lines += [f"Did not run: {', '.join(missing)}.", ""]
-    lines += ["CORE and ChatCORE are centred scores (0 = chance, 1 = perfect); the other rows are accuracies, "
-              "on the item caps each eval was run with (see its config).", ""]
     timings = []
     for title, stage, source in SECTIONS:
         record = find_record(latest, stage, source)

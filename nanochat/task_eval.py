@@ -13,11 +13,15 @@ Two kinds of task (a Task's `eval_type`):
 - generative (GSM8K, HumanEval, SpellingBee): completions are sampled through the Engine (greedy by
   default, with tool use), all of a rank's problems batched together by Engine.generate_many;
   with num_samples > 1 a problem passes if any sample passes (pass@k). batched=False is the
-  reference, one problem at a time through Engine.generate_batch.
+  reference, one problem at a time through Engine.generate_batch. A task scores `reply_text`: the
+  assistant's own text, without its tool calls and the tool's outputs, so a "#### 5" that the
+  calculator printed (a call on the string '#### 5') is no answer; chat_rl's reward reads the same.
 
 A cap (max_items) evaluates a seeded random sample of the whole split (`eval_indices`), the same
 items on every run: splits are often stored sorted (MMLU by subject), so the first N items would
 cover a few subjects only. Items are spread over ranks (rank::world_size) and the counts are summed across ranks.
+Each accuracy comes with its 95% Wilson interval, and `score_intervals` adds ChatCORE's bootstrap
+interval (nanochat/stats.py) for the records that report.md reads.
 Units: accuracies, baselines and centred accuracies are fractions (0..1). Each task's random
 baseline is its Task class's `baseline` attribute (0.25 for 4-way multiple choice, 0 for
 generative tasks); ChatCORE is the mean over tasks of the centred accuracy
@@ -36,6 +40,7 @@ import torch.distributed as dist
 from nanochat.common import get_rank, get_world_size, print0
 from nanochat.core_eval import centered_accuracy
 from nanochat.engine import Engine, SamplingParams
+from nanochat.stats import bootstrap_centered_mean, interval_record, wilson_interval
 
 
 def _sum_across_ranks(*counts, device):
@@ -55,6 +60,27 @@ def eval_indices(num_items, max_items=None, seed=SAMPLE_SEED):
     if max_items is None or max_items >= num_items:
         return list(range(num_items))
     return random.Random(seed).sample(range(num_items), max_items)
+
+
+TOOL_BLOCKS = {"<|python_start|>": "<|python_end|>", "<|output_start|>": "<|output_end|>"}
+
+
+def reply_text(tokenizer, tokens):
+    """The assistant's own text in a reply (token ids after <|assistant_start|>), what a task scores:
+    the tokens inside a tool call (<|python_start|> ... <|python_end|>) or a tool output
+    (<|output_start|> ... <|output_end|>, forced by the engine) are left out, the special tokens too.
+    Read from the ids, not from decoded text: ordinary tokens can spell "<|output_end|>" as well."""
+    closing = {tokenizer.encode_special(a): tokenizer.encode_special(b) for a, b in TOOL_BLOCKS.items()}
+    specials = {tokenizer.encode_special(name) for name in tokenizer.get_special_tokens()}
+    own, until = [], None  # until: the token that ends the tool block we are in
+    for token in tokens:
+        if until is not None:
+            until = None if token == until else until
+        elif token in closing:
+            until = closing[token]
+        elif token not in specials:
+            own.append(token)
+    return tokenizer.decode(own)  # decoded together: a character split over two tokens stays whole
 
 
 def letter_token_ids(tokenizer, letters):
@@ -127,14 +153,14 @@ def evaluate_generative(model, tokenizer, task, num_samples=1, max_new_tokens=51
         params = [SamplingParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k or None,
                                  seed=seed + i, n=num_samples) for i, _, _, max_tokens in problems]
         outputs = engine.generate_many([prompt for _, _, prompt, _ in problems], params) if problems else []
-        texts = [[tokenizer.decode(c.tokens) for c in completions] for completions in outputs]
+        texts = [[reply_text(tokenizer, c.tokens) for c in completions] for completions in outputs]
     else:
         engine = Engine(model, tokenizer)
         texts = []
         for i, _, prompt, max_tokens in problems:
             results, _ = engine.generate_batch(prompt, num_samples=num_samples, max_tokens=max_tokens,
                                                temperature=temperature, top_k=top_k, seed=seed + i)
-            texts.append([tokenizer.decode(r[len(prompt):]) for r in results])
+            texts.append([reply_text(tokenizer, r[len(prompt):]) for r in results])
     for (_, conversation, _, _), completions in zip(problems, texts, strict=True):
         passed += int(any(task.evaluate(conversation, c) for c in completions))
         total += 1
@@ -156,10 +182,23 @@ def evaluate_task(model, tokenizer, name, task, batch_size=8, num_samples=1, max
                                              temperature, top_k, max_items, batched=fast)
     accuracy = correct / max(total, 1)
     return {"task": name, "correct": correct, "total": total, "accuracy": accuracy, "baseline": task.baseline,
-            "centered": centered_accuracy(accuracy, task.baseline), "seconds": time.time() - t0}
+            "centered": centered_accuracy(accuracy, task.baseline), "interval": list(wilson_interval(correct, total)),
+            "seconds": time.time() - t0}
 
 
 def chatcore(results):
     """ChatCORE: the mean centred accuracy over the evaluated tasks ({name: evaluate_task's dict})."""
     assert results, "ChatCORE needs at least one task"
     return sum(r["centered"] for r in results.values()) / len(results)
+
+
+def score_intervals(results):
+    """{name: interval record, ..., "ChatCORE": ...} of evaluate_task results ({name: dict}): each
+    accuracy's Wilson interval and ChatCORE's seeded bootstrap (nanochat.stats), for a results record."""
+    intervals = {name: interval_record(*wilson_interval(r["correct"], r["total"]), r["total"], "wilson")
+                 for name, r in results.items()}
+    counted = [r for r in results.values() if r["total"] > 0]
+    if len(counted) == len(results):
+        low, high = bootstrap_centered_mean([(r["correct"], r["total"], r["baseline"]) for r in counted])
+        intervals["ChatCORE"] = interval_record(low, high, sum(r["total"] for r in counted), "bootstrap")
+    return intervals

@@ -11,7 +11,8 @@ The eval bundle comes from $NANOCHAT_DATA_DIR/core/ when a data mirror is set, e
 once into get_base_dir()/eval_bundle. Each task's items are shuffled with a fixed seed, so
 --eval-items N scores the same N items every time (their few-shot examples are drawn from the whole
 task). Prints one line per task as it finishes, then a table and CORE (the mean centred accuracy;
-accuracies and centred accuracies are fractions, 0..1), and records the run with
+accuracies and centred accuracies are fractions, 0..1) with their item counts and 95% intervals
+(Wilson per task, a seeded bootstrap for CORE; nanochat/stats.py), and records the run with
 nanochat.runlog.save_results in get_base_dir()/results/base_eval_<model_tag>_<step>.json
 (base_eval_<source>_<model_tag>_<step>.json for -i mid|sft|rl). --dtype auto as the training
 stages decide it (nanochat.common; before, autocast was bf16 on CUDA and off elsewhere).
@@ -26,6 +27,7 @@ from nanochat.common import autocast_ctx, compute_cleanup, compute_init, decide_
 from nanochat.flags import add_compute_flags, add_eval_items_flag, add_source_flags
 from nanochat.core_bundle import load_core_tasks
 from nanochat.runlog import save_results
+from nanochat.stats import fmt_estimate, interval_record
 
 parser = argparse.ArgumentParser(description="Evaluate a checkpoint on the CORE metric.")
 add_source_flags(parser, tuple(sorted(SOURCE_DIRS)), default="base")
@@ -105,16 +107,22 @@ core, results = out["core"], out["tasks"]
 # -----------------------------------------------------------------------------
 # report
 
-header = f"{'task':<34} {'kind':<17} {'shots':>5} {'n':>6} {'accuracy':>8} {'centred':>8} {'seconds':>8}"
+header = (f"{'task':<34} {'kind':<17} {'shots':>5} {'n':>6} {'accuracy':>8} {'centred':>8} {'95% interval':>17} "
+          f"{'seconds':>8}")
 print0("\n" + header)
 print0("-" * len(header))
 for t in tasks:
     r = results[t["label"]]
+    low, high = r["interval"]
     print0(f"{t['label']:<34} {t['task_type']:<17} {t['num_fewshot']:>5} {r['items']:>6} {r['accuracy']:>8.4f} "
-           f"{r['centered']:>+8.4f} {r['seconds']:>8.1f}")
+           f"{r['centered']:>+8.4f} {f'[{low:+.3f}, {high:+.3f}]':>17} {r['seconds']:>8.1f}")
 print0("-" * len(header))
 total_items, total_seconds = sum(r["items"] for r in results.values()), sum(r["seconds"] for r in results.values())
-print0(f"{'CORE':<34} {'':<17} {'':>5} {total_items:>6} {'':>8} {core:>+8.4f} {total_seconds:>8.1f}")
+low, high = out["core_interval"]
+print0(f"{'CORE':<34} {'':<17} {'':>5} {total_items:>6} {'':>8} {core:>+8.4f} {f'[{low:+.3f}, {high:+.3f}]':>17} "
+       f"{total_seconds:>8.1f}")
+print0(f"CORE: {fmt_estimate(core, out['core_interval'], total_items, percent=False)} (95%: a seeded bootstrap over "
+       f"each task's items; a task's centred accuracy: Wilson)")
 if len(results) < len(all_tasks) or args.eval_items is not None:
     print0("(partial run: not comparable to a full CORE score)")
 
@@ -122,8 +130,10 @@ if master:
     name = f"base_eval_{model_tag}_{step:06d}" if args.source == "base" else \
         f"base_eval_{args.source}_{model_tag}_{step:06d}"
     metrics = {"CORE": core, **{label: r["centered"] for label, r in results.items()}}
+    intervals = {label: interval_record(*r["interval"], r["items"], "wilson") for label, r in results.items()}
+    intervals["CORE"] = interval_record(*out["core_interval"], total_items, "bootstrap")
     extra = {"tasks": {t["label"]: dict(kind=t["task_type"], shots=t["num_fewshot"], **results[t["label"]])
-                       for t in tasks}, "world_size": info.world_size}
+                       for t in tasks}, "intervals": intervals, "world_size": info.world_size}
     path = save_results("base_eval", name=name, config=vars(args), metrics=metrics, source=args.source,
                         model_tag=model_tag, step=step, extra=extra)
     print0(f"wrote {path}")

@@ -9,7 +9,8 @@ Evaluate a chat checkpoint (mid, sft or rl) on the chat tasks and report ChatCOR
 Categorical tasks (ARC, MMLU) compare the logits of the answer letters; generative tasks (GSM8K,
 HumanEval, SpellingBee) sample through the engine, all of a rank's problems batched together
 (greedy unless --temperature > 0; pass@k with --num-samples). Prints each task's accuracy and
-ChatCORE (see nanochat/task_eval.py; accuracies and centred accuracies are fractions, 0..1),
+ChatCORE (see nanochat/task_eval.py; accuracies and centred accuracies are fractions, 0..1), each
+with its item count and 95% interval (Wilson; ChatCORE: a seeded bootstrap; nanochat/stats.py),
 records the run with nanochat.runlog.save_results in
 get_base_dir()/results/chat_eval_<source>_<model_tag>_<step>.json, and prints the metrics as a
 last line of JSON: {"ARC-Easy": accuracy, ..., "ChatCORE": score} (only the tasks run). The tasks
@@ -26,7 +27,8 @@ from nanochat.common import autocast_ctx, compute_cleanup, compute_init, decide_
 from nanochat.execution import ALLOW_WEAKER_ENV, SandboxUnavailable, execute
 from nanochat.flags import add_compute_flags, add_eval_items_flag, add_reply_flags, add_source_flags
 from nanochat.runlog import save_results
-from nanochat.task_eval import chatcore, evaluate_task
+from nanochat.stats import fmt_estimate
+from nanochat.task_eval import chatcore, evaluate_task, score_intervals
 from tasks.registry import EVAL_TASKS as TASKS
 from tasks.registry import load_eval_task
 
@@ -100,18 +102,25 @@ with autocast:
         print0(f"{name:<14} {r['correct']:>5}/{r['total']:<5} accuracy {r['accuracy']:.4f}  ({r['seconds']:.1f}s)",
                flush=True)
 
-print0(f"\n{'task':<14} {'accuracy':>9} {'baseline':>9} {'centred':>9}")
-for name, r in results.items():
-    print0(f"{name:<14} {r['accuracy']:>9.4f} {r['baseline']:>9.4f} {r['centered']:>+9.4f}")
 score = chatcore(results)
+intervals = score_intervals(results)  # 95%: Wilson per task, a seeded bootstrap for ChatCORE
+print0(f"\n{'task':<14} {'accuracy % [95% interval] items':<32} {'baseline':>9} {'centred':>9}")
+for name, r in results.items():
+    shown = fmt_estimate(r["accuracy"], r["interval"], r["total"])
+    print0(f"{name:<14} {shown:<32} {r['baseline']:>9.4f} {r['centered']:>+9.4f}")
 partial = "" if len(results) == len(TASKS) else f" (over {len(results)} of {len(TASKS)} tasks)"
-print0(f"ChatCORE{partial}: {score:.4f}   total time {time.time() - t0:.1f}s")
+if "ChatCORE" in intervals:
+    core_interval = intervals["ChatCORE"]
+    shown = fmt_estimate(score, (core_interval["low"], core_interval["high"]), core_interval["n"], percent=False)
+else:  # a task with no items: no interval
+    shown = f"{score:.4f}"
+print0(f"ChatCORE{partial}: {shown}   total time {time.time() - t0:.1f}s")
 metrics = {**{name: r["accuracy"] for name, r in results.items()}, "ChatCORE": score}
 
 if compute.master:
     path = save_results("chat_eval", name=f"chat_eval_{args.source}_{model_tag}_{step:06d}", config=vars(args),
                         metrics=metrics, source=args.source, model_tag=model_tag, step=step,
-                        extra={"tasks": results, "world_size": compute.world_size})
+                        extra={"tasks": results, "intervals": intervals, "world_size": compute.world_size})
     print0(f"wrote {path}")
 print0(json.dumps(metrics))  # the last line: the metrics as JSON
 compute_cleanup()

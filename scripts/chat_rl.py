@@ -31,8 +31,9 @@ A step whose every advantage is 0 (on all ranks) has nothing to learn: its optim
 AdamW/Muon step on zero gradients would still move them (momentum, weight decay).
 
 The optimizers start fresh (the source's optimizer state is not loaded); Muon's momentum stays at
-0.95 (no warm-up: the weights are already trained). Rewards are computed on tokenizer.decode of the
-reply (tool markers included), as scripts/chat_eval scores it.
+0.95 (no warm-up: the weights are already trained). Rewards score the reply's own text
+(nanochat.task_eval.reply_text: its tool calls and the tool's outputs left out), as scripts/chat_eval
+scores it: an answer the calculator printed earns nothing.
 
 Reproducibility: sample j of question q in step s is drawn with a seed made of (--seed, s, q, j)
 (the engine seeds each sample from its params' seed and its index), so a step's samples do not
@@ -70,7 +71,7 @@ from nanochat.engine import Engine, SamplingParams
 from nanochat.flags import add_compute_flags, add_eval_items_flag, add_optimizer_flags, add_reply_flags, \
     add_run_flags, add_source_flags, renamed
 from nanochat.stage import Stage, due
-from nanochat.task_eval import eval_indices
+from nanochat.task_eval import eval_indices, reply_text
 from tasks.registry import RL_TASKS, load_rl_task
 
 parser = argparse.ArgumentParser(description="RL (policy gradient with a group-mean baseline) on GSM8K.")
@@ -231,7 +232,7 @@ def evaluate(step, last):
         results = engine.generate_many(prompts, params) if indices else []
     frac_correct = any_correct = 0.0
     for conversation, completions in zip(conversations, results):
-        correct = [test_task.reward(conversation, tokenizer.decode(c.tokens)) > 0 for c in completions]
+        correct = [test_task.reward(conversation, reply_text(tokenizer, c.tokens)) > 0 for c in completions]
         frac_correct += sum(correct) / len(correct)
         any_correct += float(any(correct))
     frac_correct, any_correct, total = sum_over_ranks([frac_correct, any_correct, len(indices)])
@@ -262,10 +263,9 @@ for step in run.steps(evaluate):
     rows, samples = [], []  # rows: (token ids, loss mask over ids, advantage)
     reward_sum = sampled_tokens = forced_tokens = stopped = 0
     for index, conversation, prompt, completions in zip(indices, conversations, prompts, results):
-        # Scored on tokenizer.decode, as chat_eval scores replies: Completion.text leaves the special tokens
-        # out, so a tool call's expression and output run together ("48/2" + "24" -> "48/224").
+        # scored on the reply's own text, as chat_eval scores it; logged whole (tool markers included)
         texts = [tokenizer.decode(c.tokens) for c in completions]
-        rewards = [train_task.reward(conversation, text) for text in texts]
+        rewards = [train_task.reward(conversation, reply_text(tokenizer, c.tokens)) for c in completions]
         baseline = sum(rewards) / len(rewards)
         for c, text, r in zip(completions, texts, rewards):
             # the engine stops on <|assistant_end|> or <|bos|> and keeps neither; Completion does not say

@@ -48,7 +48,9 @@ class Task:
         raise NotImplementedError
 
     def evaluate(self, conversation, completion):
-        """1/True if `completion` (the model's reply, a str) answers `conversation` correctly."""
+        """1/True if `completion` answers `conversation` correctly. completion: the assistant's own text
+        of the reply, a str without its tool calls and tool outputs (nanochat.task_eval.reply_text), so a
+        task never reads an answer that the calculator printed."""
         raise NotImplementedError(f"{type(self).__name__} has no evaluation")
 
     def reward(self, conversation, completion):

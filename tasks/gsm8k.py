@@ -7,8 +7,8 @@ GSM8K (Cobbe et al. 2021): grade-school math word problems with worked solutions
 Generative. The reference solutions carry calculator annotations, "48/2 = <<48/2=24>>24": each one
 becomes a python tool call inside the assistant's message (text up to the annotation, a "python"
 part "48/2", a "python_output" part "24", then the text that follows), so the model learns to call
-the calculator. The final answer follows "####" (the taught format; a reply without it scores 0,
-also as chat_rl's reward); `evaluate` compares it exactly (commas stripped, 18 == 18.0, but
+the calculator. The final answer follows "####" (the taught format; a reply without it in its own
+text scores 0, also as chat_rl's reward: a "####" printed by the calculator is no answer); `evaluate` compares it exactly (commas stripped, 18 == 18.0, but
 1450000 != 1450001; "1/2" and "5e3" are read whole, "2^3" is no answer). Data: the mirror's gsm8k/<subset>/<split>.parquet, or openai/gsm8k.
 """
 

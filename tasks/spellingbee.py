@@ -9,7 +9,9 @@ Items are generated, not stored: item i uses random.Random(seed + i) (the test s
 another seed), so a task is deterministic and as large as asked. Words come from the English word
 list words_alpha.txt: $NANOCHAT_DATA_DIR/words/words_alpha.txt, else downloaded once into the
 base dir. SpellingBee's answer spells the word, counts with a python tool call
-('strawberry'.count('r')) and ends with "#### <count>"; `evaluate` compares that final number.
+('strawberry'.count('r')) and ends with "#### <count>", the format it teaches and the only one
+`evaluate` scores (also as chat_rl's reward): a reply without "#### <n>" in its own text scores 0,
+however its numbers end ("... x1", or a reply cut off right after the tool printed the count).
 """
 
 import os
@@ -117,13 +119,9 @@ class SpellingBee(_GeneratedTask):
                 "word": word, "letter": letter}
 
     def evaluate(self, conversation, completion):
-        """1 if the completion's final number (after "####", else its last number) is the count."""
+        """1 if the completion's "#### <number>" (the last one) is the count, else 0 (also with no "####")."""
         reference = extract_final_number(conversation["messages"][-1]["content"][-1]["text"])
-        answer = extract_final_number(completion)
-        if answer is None:
-            numbers = re.findall(r"-?\d+", completion)
-            answer = numbers[-1] if numbers else None
-        return int(numbers_equal(answer, reference))
+        return int(numbers_equal(extract_final_number(completion), reference))
 
 
 class SimpleSpelling(_GeneratedTask):

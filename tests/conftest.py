@@ -4,8 +4,14 @@ Shared pytest fixtures. Everything here is made by the tests themselves (no netw
     tiny_corpus          ~7 KB of varied text (prose, code, digits, a chat transcript, several scripts, emoji)
     tiny_tokenizer       a Tokenizer trained on it: 256 bytes + 100 merges + 9 special tokens = 365 ids
     tiny_tokenizer_dir   the same tokenizer saved to a temporary directory (for code that loads from disk)
+    answer_tokenizer     one trained on it plus answer lines ("#### 1", a calculator call printing "#### 72"),
+                         so that "####" is one token: a bigram toy model can write a "#### <n>" answer
 
 All are session-scoped: train once, reuse everywhere. Do not mutate them.
+
+seeded_generators (autouse) seeds torch's, random's and numpy's global generators before every test:
+an input drawn without the test's own seed is the same on every run, whatever ran before it and
+whichever tests -k selected. Module- and session-scoped fixtures run before it and seed their own.
 """
 
 import random
@@ -37,6 +43,19 @@ def make_tiny_corpus(seed=1234):
     return docs
 
 
+TEST_SEED = 0
+
+
+@pytest.fixture(autouse=True)
+def seeded_generators():
+    import numpy as np
+    import torch
+
+    torch.manual_seed(TEST_SEED)
+    random.seed(TEST_SEED)
+    np.random.seed(TEST_SEED)
+
+
 @pytest.fixture(scope="session")
 def tiny_corpus():
     return make_tiny_corpus()
@@ -54,3 +73,16 @@ def tiny_tokenizer_dir(tiny_tokenizer, tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny_tokenizer")
     tiny_tokenizer.save(str(path))
     return str(path)
+
+
+MARKER_CALL = "'## 72'.replace('#','##')"  # the calculator prints "#### 72"; no token of it repeats in answer_tokenizer
+ANSWER_LINES = f"#### 0\n#### 1\n{MARKER_CALL}\n" * 40
+
+
+@pytest.fixture(scope="session")
+def answer_tokenizer(tiny_corpus):
+    from nanochat.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.train_from_iterator(iter(tiny_corpus + [ANSWER_LINES]), TINY_VOCAB_SIZE)
+    assert len(tokenizer.encode("####")) == 1, "the answer merge is missing"
+    return tokenizer

@@ -16,6 +16,7 @@ import torch
 
 from nanochat.checkpoint_manager import save_checkpoint
 from nanochat.gpt import GPT, GPTConfig
+from nanochat.stats import bootstrap_centered_mean, fmt_estimate, wilson_interval
 from nanochat.task_eval import evaluate_categorical
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,6 +74,16 @@ def test_chat_eval_end_to_end(chat_setup, tiny_tokenizer, monkeypatch):
     assert tasks["ARC-Easy"]["total"] == 5 and tasks["GSM8K"]["total"] == 3
     assert record["config"]["eval_items"] == 5
     assert printed["ChatCORE"] == pytest.approx((tasks["ARC-Easy"]["centered"] + printed["GSM8K"]) / 2)
+    # every accuracy with its item count and 95% interval: Wilson per task, a seeded bootstrap for ChatCORE
+    intervals = record["extra"]["intervals"]
+    for name in ("ARC-Easy", "GSM8K"):
+        r = tasks[name]
+        assert (intervals[name]["low"], intervals[name]["high"]) == wilson_interval(r["correct"], r["total"])
+        assert fmt_estimate(r["accuracy"], wilson_interval(r["correct"], r["total"]), r["total"]) in proc.stdout
+    counts = [(tasks[name]["correct"], tasks[name]["total"], tasks[name]["baseline"]) for name in ("ARC-Easy", "GSM8K")]
+    assert (intervals["ChatCORE"]["low"], intervals["ChatCORE"]["high"]) == bootstrap_centered_mean(counts)
+    assert intervals["ChatCORE"]["n"] == 8
+    assert fmt_estimate(printed["ChatCORE"], bootstrap_centered_mean(counts), 8, percent=False) in proc.stdout
 
     # the same accuracy in-process, from the same weights and data, on the reference path
     monkeypatch.setenv("NANOCHAT_DATA_DIR", env["NANOCHAT_DATA_DIR"])

@@ -2,8 +2,10 @@
 scripts/chat_rl.py end to end on CPU, on a toy policy and the SpellingBee task made here (the tiny
 tokenizer, a one-word word list; no data mirror, no network):
 
-  - RL raises the mean reward of a policy that calls the calculator with the right argument only
-    about a quarter of the time;
+  - RL raises the mean reward of a policy that writes the right "#### <count>" answer only about a
+    fifth of the time;
+  - the reward reads the reply's own text only: a reply that stops at the calculator's output (the
+    count, for most questions) earns 0;
   - the step's policy-gradient loss equals a naive recompute from the logged samples: -A log p summed
     over the sampled tokens only (the calculator's forced output excluded, the stop token included),
     divided by the number of sampled tokens; counting the forced tokens would give another loss;
@@ -15,12 +17,15 @@ tokenizer, a one-word word list; no data mirror, no network):
 The toy policy. With the blocks' output projections at zero (GPT.init_weights) every block is the
 identity, so the logits at a position depend on the current token only: the model is a bigram table
 logits[next] = lm_head[next] . norm(wte[prev]). Giving the few tokens that matter orthogonal
-embeddings makes the table exact. The table: <|assistant_start|> -> <|python_start|>, then "0"
-(P ~ 0.72) or "1" (P ~ 0.28), -> <|python_end|>; the engine then forces <|output_start|> result
-<|output_end|>, and the model stops (<|assistant_end|>). Every SpellingBee question asks how many
-"a"s (usually the letter a, so the count is 1) there are in the only word, "a": the reward is 1 when
-the reply's last number is the count, so the policy is right when it calls the calculator on "1".
-Training moves the blocks off zero, and the model stops being a pure bigram; that is fine.
+embeddings makes the table exact. The tokenizer is conftest's answer_tokenizer ("####" is one
+token). The table: <|assistant_start|> -> <|python_start|>, "3" or "4" (P ~ 0.71, 0.29), - 2
+<|python_end|>; the engine then forces <|output_start|> 1 (or 2) <|output_end|>; then the stop
+<|assistant_end|> (P ~ 0.56: the reply ends at the tool's output) or "####" (P ~ 0.44); "####" ->
+" " -> "0" (P ~ 0.72) or "1" (P ~ 0.28) -> <|assistant_end|>. Every SpellingBee question asks how many "a"s (usually the letter a, so the
+count is 1) there are in the only word, "a". The reward is 1 only when the reply's own text ends in
+"#### <count>" (the tool's "1" is no answer: a reply that stops at it earns 0), so the policy has to
+learn to write "####" and then "1". Training moves the blocks off zero, and the model stops being a
+pure bigram; that is fine.
 
     uv run pytest tests/test_chat_rl.py -q
 """
@@ -38,12 +43,13 @@ import torch
 
 from nanochat.checkpoint_manager import load_model, save_checkpoint
 from nanochat.gpt import GPT, GPTConfig
+from nanochat.task_eval import reply_text
 from tasks.spellingbee import SpellingBee
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TAG = "d1"
 COMMON = ["--task=spellingbee", "--device-type=cpu", "--dtype=float32", "--questions-per-step=4", "--num-samples=4",
-          "--max-new-tokens=8", "--top-k=0", "--device-batch-size=6", "--init-lr-frac=1.0", "--warmdown-ratio=0.2",
+          "--max-new-tokens=14", "--top-k=0", "--device-batch-size=6", "--init-lr-frac=1.0", "--warmdown-ratio=0.2",
           "--eval-items=4", "--eval-samples=4", "--run=dummy"]
 RUN_FLAGS = ["--num-iterations=40", "--save-every=5", "--eval-every=20", "--log-samples=1"]
 
@@ -51,17 +57,25 @@ RUN_FLAGS = ["--num-iterations=40", "--save-every=5", "--eval-every=20", "--log-
 def toy_policy(tokenizer):
     """The bigram GPT described in the module docstring."""
     special = tokenizer.encode_special
-    [zero], [one] = tokenizer.encode("0"), tokenizer.encode("1")
+    [three], [four], [minus], [two], [marker], [space], [zero], [one] = (
+        tokenizer.encode(t) for t in ("3", "4", "-", "2", "####", " ", "0", "1"))
     # prev -> {next: logit before the soft-cap 15 tanh(x / 15)}; every other logit is ~0 (the head
     # starts at N(0, 0.001^2)). 14 -> 11.0 after the cap: P ~ 0.994 against the 364 other tokens;
-    # 15 and 13 -> 11.4 and 10.5: P("1") ~ 0.28.
+    # 15 and 13 -> 11.4 and 10.5: P ~ 0.71 and 0.29; 14.5 and 14 -> 11.2 and 11.0: P ~ 0.56 and 0.44.
+    end = special("<|assistant_end|>")
     table = {
         special("<|assistant_start|>"): {special("<|python_start|>"): 14.0},
-        special("<|python_start|>"): {zero: 15.0, one: 13.0},
-        zero: {special("<|python_end|>"): 14.0},
-        one: {special("<|python_end|>"): 14.0},
+        special("<|python_start|>"): {three: 15.0, four: 13.0},  # two tool outputs: the forced tokens differ
+        three: {minus: 14.0},
+        four: {minus: 14.0},
+        minus: {two: 14.0},
+        two: {special("<|python_end|>"): 14.0},
         special("<|output_start|>"): {one: 3.0},  # only forced tokens follow: their log p enters no loss
-        special("<|output_end|>"): {special("<|assistant_end|>"): 14.0},
+        special("<|output_end|>"): {end: 14.5, marker: 14.0},
+        marker: {space: 14.0},
+        space: {zero: 15.0, one: 13.0},
+        zero: {end: 14.0},
+        one: {end: 14.0},  # the forced "1" of the tool's output is followed by a forced <|output_end|>
     }
     C = 32
     config = GPTConfig(sequence_len=64, vocab_size=tokenizer.get_vocab_size(), n_layer=1, n_head=2, n_kv_head=2,
@@ -94,8 +108,8 @@ def make_env(root, tokenizer, words="a\n"):
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory, tiny_tokenizer):
-    return make_env(tmp_path_factory.mktemp("chat_rl"), tiny_tokenizer)
+def env(tmp_path_factory, answer_tokenizer):
+    return make_env(tmp_path_factory.mktemp("chat_rl"), answer_tokenizer)
 
 
 def rl_cmd(*flags, nproc=1):
@@ -160,6 +174,29 @@ def test_rl_raises_the_reward_and_writes_its_outputs(env, whole_run):
     assert results["metrics"]["pass@4"] == evals[40]["pass@4"]
 
 
+def test_the_reward_is_the_replys_own_answer(env, whole_run, answer_tokenizer, monkeypatch):
+    """Replies that stop right at the tool's output earn 0, also where it printed the count (a
+    last-number fallback paid them); a reply that writes "#### <n>" earns 1 exactly when n is the count."""
+    monkeypatch.setenv("NANOCHAT_DATA_DIR", env["NANOCHAT_DATA_DIR"])
+    task = SpellingBee(size=10_000, split="train")
+    tok = answer_tokenizer
+    [marker], [space] = tok.encode("####"), tok.encode(" ")
+    at_tool, answered = [], []
+    for s in whole_run["samples"]:
+        count = task[s["question"]]["word"].count(task[s["question"]]["letter"])
+        forced = [i for i, m in enumerate(s["masks"]) if m == 0]  # the engine ran a tool call
+        tail = s["tokens"][forced[-1] + 1:] if forced else None  # the text after the last tool output
+        if s["finish_reason"] == "stop" and tail == []:
+            at_tool.append((s["reward"], float(tok.decode(s["tokens"][-2:-1]) == str(count))))
+        elif s["finish_reason"] == "stop" and tail is not None and tail[:2] == [marker, space] and len(tail) == 3:
+            answered.append((s["reward"], float(tok.decode(tail[2:]) == str(count))))
+    # the first update all but ends stopping at the tool; step 0 alone has 4 such replies that printed the count
+    assert sum(printed for _, printed in at_tool) >= 3, f"too few replies stop at a tool output of the count: {at_tool}"
+    assert all(reward == 0 for reward, _ in at_tool), at_tool
+    assert len(answered) >= 100 and {right for _, right in answered} == {0.0, 1.0}
+    assert all(reward == right for reward, right in answered), answered
+
+
 def test_final_checkpoint_loads_as_rl(env, whole_run, monkeypatch):
     monkeypatch.setenv("NANOCHAT_BASE_DIR", env["NANOCHAT_BASE_DIR"])
     model, _, meta = load_model("rl", "cpu", "eval")
@@ -168,7 +205,7 @@ def test_final_checkpoint_loads_as_rl(env, whole_run, monkeypatch):
     assert any((a != b).any() for a, b in zip(model.state_dict().values(), source.state_dict().values()))
 
 
-def test_loss_is_over_sampled_tokens_only(env, whole_run, tiny_tokenizer, monkeypatch):
+def test_loss_is_over_sampled_tokens_only(env, whole_run, answer_tokenizer, monkeypatch):
     """Step 0's logged loss against a naive recompute from its logged samples with the source model."""
     monkeypatch.setenv("NANOCHAT_BASE_DIR", env["NANOCHAT_BASE_DIR"])
     monkeypatch.setenv("NANOCHAT_DATA_DIR", env["NANOCHAT_DATA_DIR"])
@@ -186,7 +223,7 @@ def test_loss_is_over_sampled_tokens_only(env, whole_run, tiny_tokenizer, monkey
     with torch.no_grad():
         for question, group in groups.items():
             conversation = task[question]
-            rewards = [task.reward(conversation, tokenizer.decode(s["tokens"])) for s in group]
+            rewards = [task.reward(conversation, reply_text(tokenizer, s["tokens"])) for s in group]
             assert rewards == [s["reward"] for s in group]
             mean = sum(rewards) / len(rewards)
             prompt = tokenizer.render_for_completion(conversation)
@@ -212,11 +249,11 @@ def test_loss_is_over_sampled_tokens_only(env, whole_run, tiny_tokenizer, monkey
 
 
 @pytest.mark.slow  # torchrun and gloo on a loaded 2-core machine: minutes
-def test_two_ranks_match_one_process(tmp_path, tiny_tokenizer):
+def test_two_ranks_match_one_process(tmp_path, answer_tokenizer):
     """Step 0 (the same samples, the loss split over ranks) and step 1 (after the same update).
     Later steps drift apart on this toy: Adam turns rounding-level differences of near-zero
     gradients (eps 1e-10) into full-size updates, and near-uniform junk samples then flip."""
-    env = make_env(tmp_path, tiny_tokenizer)
+    env = make_env(tmp_path, answer_tokenizer)
     flags = ["--num-iterations=2", "--save-every=0", "--eval-every=-1", "--eval-items=0", "--log-samples=-1"]
     run_rl(env, *flags)
     single, _ = read_log(env)
@@ -228,12 +265,12 @@ def test_two_ranks_match_one_process(tmp_path, tiny_tokenizer):
         assert ddp[s][0] == pytest.approx(single[s][0], rel=1e-4, abs=1e-6), f"step {s}: {ddp[s]} vs {single[s]}"
 
 
-def test_a_step_whose_advantages_are_all_zero_leaves_the_weights_bitwise(tmp_path, tiny_tokenizer, monkeypatch):
-    """At a temperature this low the toy policy always calls the calculator on "0" (the logit gap is
-    ~0.9, so "1" has probability ~e^-900): every sample of a question gets the same reward, every
+def test_a_step_whose_advantages_are_all_zero_leaves_the_weights_bitwise(tmp_path, answer_tokenizer, monkeypatch):
+    """At a temperature this low the toy policy always calls 3-2 and stops at its output (the logit gaps
+    are >= 0.24, so any other choice has probability < e^-240): every sample of a question gets the same reward, every
     advantage is 0, and each step's optimizer step must be skipped. With weight decay an AdamW/Muon
     step on zero gradients would still shrink the weights (and momentum would move them)."""
-    env = make_env(tmp_path, tiny_tokenizer)
+    env = make_env(tmp_path, answer_tokenizer)
     out = run_rl(env, "--num-iterations=3", "--temperature=0.001", "--weight-decay=0.1", "--save-every=3",
                  "--eval-items=0", "--log-samples=-1")
     assert out.stdout.count("optimizer step skipped") == 3, out.stdout[-3000:]
@@ -269,8 +306,8 @@ def interrupt(env, sig, after_step=12):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_interrupted_run_resumes_exactly(tmp_path, tiny_tokenizer, whole_run, sig):
-    env = make_env(tmp_path, tiny_tokenizer)  # the same inputs as whole_run's, in a fresh folder
+def test_interrupted_run_resumes_exactly(tmp_path, answer_tokenizer, whole_run, sig):
+    env = make_env(tmp_path, answer_tokenizer)  # the same inputs as whole_run's, in a fresh folder
     code, output = interrupt(env, sig)
     steps, _ = read_log(env)
     assert max(steps) < 39, "the run finished before it was interrupted; the test did not test anything"
@@ -307,8 +344,8 @@ def break_source(base):
     (["--questions-per-step=3"], "two_ranks", "--questions-per-step=3 must be a positive multiple of the number of "
                                               "ranks (2)"),
 ])
-def test_bad_flags_and_inputs_give_clear_errors(tmp_path, tiny_tokenizer, flags, change, message):
-    env = make_env(tmp_path, tiny_tokenizer)
+def test_bad_flags_and_inputs_give_clear_errors(tmp_path, answer_tokenizer, flags, change, message):
+    env = make_env(tmp_path, answer_tokenizer)
     if change == "no_model_config":
         break_source(tmp_path / "base")
     elif change == "two_ranks":  # torchrun's environment: the flags are checked before any process group

@@ -11,6 +11,7 @@ continuations. The tokenizer is the real one (the `tiny_tokenizer` fixture of co
 """
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 
 from nanochat import core_eval
 from nanochat.core_bundle import load_core_tasks
+from nanochat.stats import bootstrap_centered_mean, wilson_interval
 from nanochat.core_eval import (
     centered_accuracy,
     core_metric,
@@ -239,6 +241,15 @@ def test_oracle_scores_perfect_and_wrong_oracle_scores_zero(tiny_tokenizer, kind
         assert evaluate_task(wrong, tiny_tokenizer, data, "cpu", task) == 0.0
 
 
+def gpt_logprob_atol(model):
+    """The absolute tolerance of a mean log-probability from the project's GPT in fp32, from the
+    computation: per layer a few roundings of dot products of length n_embd (batched and padded
+    rows sum in another order), then a log-softmax over the vocabulary, on logits of size <= 15
+    (the soft-cap)."""
+    cfg = model.config
+    return 4 * torch.finfo(torch.float32).eps * (cfg.n_embd * cfg.n_layer + math.log2(cfg.vocab_size)) * 15.0
+
+
 def random_gpt(tokenizer, sequence_len, n_kv_head=2, seed=0):
     """The project's transformer, small, with every weight random (init_weights zeroes the output
     projections and nearly zeroes the head, which would make all options tie)."""
@@ -272,7 +283,7 @@ def test_real_gpt_padded_batch_matches_reference(tiny_tokenizer, kind, data):
     for scorer in (score_rows, score_rows_fast):
         got = scorer(model, rows, spans, "cpu", pad_id=tiny_tokenizer.get_bos_token_id())  # one padded batch
         for (mean, greedy), (_, ref_mean, ref_greedy) in zip(got, ref, strict=True):
-            assert mean == pytest.approx(ref_mean, abs=1e-4)
+            assert mean == pytest.approx(ref_mean, abs=gpt_logprob_atol(model))
             assert greedy == ref_greedy
     expected = [reference_correct(model, tiny_tokenizer, data, i, task, max_len) for i in range(len(data))]
     for fast in (False, True):
@@ -303,14 +314,14 @@ def test_fast_matches_reference_on_a_real_gpt(tiny_tokenizer, kind, data, n_kv_h
                 shareable_refs.append(ref)
             for scores in got:
                 for (mean, greedy), (ref_mean, ref_greedy) in zip(scores, ref, strict=True):
-                    assert mean == pytest.approx(ref_mean, abs=1e-4)
+                    assert mean == pytest.approx(ref_mean, abs=gpt_logprob_atol(model))
                     assert greedy == ref_greedy
         if shareable:  # all at once: prefixes of different lengths in one cache, rows at their own positions
             assert len({core_eval.shared_prefix_len(*item) for item in shareable}) > 1
             together = core_eval.score_items_shared_prefix(model, shareable, "cpu", pad_id=bos)
             for scores, ref in zip(together, shareable_refs, strict=True):
                 for (mean, greedy), (ref_mean, ref_greedy) in zip(scores, ref, strict=True):
-                    assert mean == pytest.approx(ref_mean, abs=1e-4)
+                    assert mean == pytest.approx(ref_mean, abs=gpt_logprob_atol(model))
                     assert greedy == ref_greedy
             shared_seen += len(shareable)
         reference = evaluate_task(model, tiny_tokenizer, data, "cpu", task, batch_size=1, fast=False)
@@ -449,7 +460,7 @@ def test_evaluate_core_fast_equals_reference(tiny_tokenizer, tmp_path, monkeypat
     reference = core_eval.evaluate_core(model, tiny_tokenizer, "cpu", max_per_task=4, fast=False, batch_size=1)
     assert set(reference["tasks"]) == {"mc_task", "lm_task"}
     assert core_eval.evaluate_core(model, tiny_tokenizer, "cpu", max_per_task=4) == {
-        "core": reference["core"],
+        "core": reference["core"], "core_interval": reference["core_interval"],
         "tasks": {label: dict(r, seconds=pytest.approx(r["seconds"], abs=1e9)) for label, r in reference["tasks"].items()}}
     # each task as evaluate_task scores it on the first 4 items after the fixed shuffle
     import random
@@ -461,6 +472,11 @@ def test_evaluate_core_fast_equals_reference(tiny_tokenizer, tmp_path, monkeypat
         assert r["items"] == 4
         assert r["accuracy"] == evaluate_task(model, tiny_tokenizer, data, "cpu", task, max_items=4, fast=False)
         assert r["centered"] == pytest.approx(centered_accuracy(r["accuracy"], task["random_baseline"]))
+        assert r["correct"] / 4 == r["accuracy"] and r["baseline"] == task["random_baseline"]
+        assert r["interval"] == [pytest.approx(centered_accuracy(b, r["baseline"])) for b in wilson_interval(r["correct"], 4)]
+    low, high = reference["core_interval"]
+    assert (low, high) == bootstrap_centered_mean([(r["correct"], 4, r["baseline"]) for r in reference["tasks"].values()])
+    assert low <= reference["core"] <= high
     assert reference["core"] == pytest.approx(core_metric({k: r["centered"] for k, r in reference["tasks"].items()}))
     only = core_eval.evaluate_core(model, tiny_tokenizer, "cpu", tasks=["lm_task"])
     assert set(only["tasks"]) == {"lm_task"} and only["tasks"]["lm_task"]["items"] == len(LM_ITEMS)
@@ -499,6 +515,11 @@ def test_base_eval_end_to_end(tiny_tokenizer, tmp_path, monkeypatch):
     assert record["metrics"] == pytest.approx(
         {"CORE": expected["core"], **{label: r["centered"] for label, r in expected["tasks"].items()}})
     assert record["extra"]["tasks"]["mc_task"]["items"] == 3 and record["config"]["eval_items"] == 3
+    intervals = record["extra"]["intervals"]  # what report.md shows: CORE's bootstrap, each task's Wilson
+    assert (intervals["CORE"]["low"], intervals["CORE"]["high"]) == pytest.approx(expected["core_interval"])
+    assert intervals["CORE"]["n"] == 6 and intervals["CORE"]["method"] == "bootstrap"
+    assert [intervals["mc_task"]["low"], intervals["mc_task"]["high"]] == pytest.approx(expected["tasks"]["mc_task"]["interval"])
+    assert f"CORE: {expected['core']:.4f} [{expected['core_interval'][0]:.4f}, " in proc.stdout
 
     proc = base_eval("-i", "sft", "-a", "lm_task")  # another stage's checkpoint: its own record
     assert proc.returncode == 0, proc.stderr[-3000:]

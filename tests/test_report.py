@@ -17,6 +17,8 @@ import torch
 from nanochat import report
 from nanochat.checkpoint_manager import save_checkpoint
 from nanochat.gpt import GPT, GPTConfig
+from nanochat.stats import bootstrap_centered_mean, interval_record
+from nanochat.task_eval import chatcore, score_intervals
 
 
 @pytest.fixture
@@ -44,8 +46,9 @@ def write_svg(path, label):
 
 
 def summary_rows(text):
-    """{metric: [BASE, MID, SFT, RL cells]} from the report's summary table."""
-    section = text.split("## Summary", 1)[1]
+    """{metric: [BASE, MID, SFT, RL cells]} from the report's summary table (the first after text's
+    "## Summary", if any; the published reference's table comes after ours)."""
+    section = text.split("## Summary", 1)[-1].split("The reference: the scores published", 1)[0]
     rows = {}
     for line in section.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -156,6 +159,55 @@ def test_reset_ignores_older_results_and_latest_record_wins(base, tmp_path):
     text = open(report.generate(samples=False, copy_to=str(tmp_path))).read()
     assert summary_rows(text)["CORE"] == ["0.9000", "-", "-", "-"]
     assert "No `python -m nanochat.report reset` was run" in text
+
+
+def chat_eval_extra(counts):
+    """A chat_eval record's metrics and extra from {task: (correct, total, baseline)}, through the real
+    task_eval.score_intervals (Wilson per task, the seeded bootstrap for ChatCORE)."""
+    results = {name: dict(correct=k, total=n, baseline=b, accuracy=k / n, centered=(k / n - b) / (1 - b))
+               for name, (k, n, b) in counts.items()}
+    metrics = {**{name: r["accuracy"] for name, r in results.items()}, "ChatCORE": chatcore(results)}
+    return metrics, {"tasks": results, "intervals": score_intervals(results)}
+
+
+def test_summary_shows_intervals_and_item_counts(base, tmp_path, capsys):
+    """runcpu.sh's scale (16 items per chat task): 7 of 16 on ARC-Easy reads 43.8 with an interval of
+    [23.1, 66.8], wide enough to hold chance (25%), so a reader sees it is not a result."""
+    t0 = time.time()
+    report.reset()
+    write_result(base, "base_train_d20", "base_train", t0 + 10, model_tag="d20")
+    core_tasks = [(30, 100, 0.25), (12, 50, 0.0), (55, 100, 0.5)]
+    core = sum((k / n - b) / (1 - b) for k, n, b in core_tasks) / 3
+    core_interval = bootstrap_centered_mean(core_tasks)
+    write_result(base, "base_eval_d20", "base_eval", t0 + 20, source="base", model_tag="d20",
+                 metrics={"CORE": core}, extra={"intervals": {"CORE": interval_record(*core_interval, 250, "bootstrap")}})
+    for t, source, counts in ((30, "mid", {"ARC-Easy": (7, 16, 0.25), "GSM8K": (0, 16, 0.0), "SpellingBee": (16, 16, 0.0)}),
+                              (40, "sft", {"ARC-Easy": (1, 16, 0.25), "GSM8K": (1, 16, 0.0)})):
+        metrics, extra = chat_eval_extra(counts)
+        write_result(base, f"chat_eval_{source}_d20", "chat_eval", t0 + t, source=source, model_tag="d20",
+                     metrics=metrics, extra=extra)
+    text = open(report.generate(samples=False, copy_to=str(tmp_path))).read()
+    rows = summary_rows(text)
+    assert rows["ARC-Easy"][1:3] == ["43.8 [23.1, 66.8] n=16", "6.2 [1.1, 28.3] n=16"]
+    assert rows["GSM8K"][1] == "0.0 [0.0, 19.4] n=16" and rows["SpellingBee"][1] == "100.0 [80.6, 100.0] n=16"
+    assert rows["CORE"][0] == f"{core:.4f} [{core_interval[0]:.4f}, {core_interval[1]:.4f}] n=250"
+    mid_core = bootstrap_centered_mean([(7, 16, 0.25), (0, 16, 0.0), (16, 16, 0.0)])
+    assert rows["ChatCORE"][1].endswith(f"[{mid_core[0]:.4f}, {mid_core[1]:.4f}] n=48")
+    assert rows["MMLU"] == ["-", "-", "-", "-"]
+    assert "| ARC-Easy | 43.8 [23.1, 66.8] n=16 |" in section(text, "Chat evaluation after mid-training")
+    # a d20 run (speedrun.sh's) has the original's published scores beside it, in the same layout
+    published = summary_rows(text.split("The reference: the scores published in", 1)[1].split("| stage |")[0])
+    assert published["CORE"] == ["0.2219", "-", "-", "-"] and published["GSM8K"] == ["-", "2.50%", "4.55%", "7.58%"]
+    assert published["ChatCORE"] == ["-", "0.0730", "0.0884", "-"] and published["SpellingBee"] == ["-"] * 4
+    with capsys.disabled():  # the table, for whoever runs this test with -s
+        print("\n" + text.split("## Summary\n", 1)[1].split("| stage |", 1)[0])
+
+
+def test_the_reference_is_shown_for_a_d20_run_only(base, tmp_path):
+    report.reset()
+    write_result(base, "base_train_d4", "base_train", time.time() + 1, model_tag="d4")
+    text = open(report.generate(samples=False, copy_to=str(tmp_path))).read()
+    assert "The reference" not in text and "karpathy/nanochat" not in text
 
 
 def header_with_gpus(base, n_gpus, started_at):

@@ -16,6 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from nanochat.engine import Engine
+from nanochat.task_eval import evaluate_generative, reply_text
 from tasks.arc import ARC
 from tasks.common import Task, TaskMixture, TaskSequence, extract_final_number, numbers_equal, render_mc
 from tasks.customjson import CustomJSON
@@ -24,6 +26,8 @@ from tasks.humaneval import HumanEval, extract_program
 from tasks.mmlu import MMLU
 from tasks.smoltalk import SmolTalk
 from tasks.spellingbee import SimpleSpelling, SpellingBee
+from conftest import MARKER_CALL
+from test_engine import scripted_model
 
 # -----------------------------------------------------------------------------
 # fixtures in the mirror's layout
@@ -280,8 +284,10 @@ def test_spellingbee(mirror, tiny_tokenizer):
         count = word.count(letter)
         assert task.evaluate(conversation, f"... so the answer is\n#### {count}") == 1
         assert task.evaluate(conversation, f"#### {count}<|assistant_end|>") == 1
-        assert task.evaluate(conversation, f"There are {count} of them.") == 1
         assert task.evaluate(conversation, f"#### {count + 1}") == 0
+        # only the taught format scores (it is chat_rl's reward): no last-number fallback
+        assert task.evaluate(conversation, f"There are {count} of them.") == 0
+        assert task.evaluate(conversation, f"zq x{count}") == 0 and task.reward(conversation, f"x{count}") == 0.0
     simple = SimpleSpelling(size=10, split="test")
     for conversation in simple:
         check_renders(tiny_tokenizer, conversation)
@@ -412,3 +418,42 @@ def test_no_mirror_and_no_datasets_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # as if `datasets` were not installed
     with pytest.raises(RuntimeError, match="NANOCHAT_DATA_DIR.*pip install datasets"):
         ARC("ARC-Easy", "test")
+
+
+def test_an_answer_the_calculator_printed_is_no_answer(mirror, answer_tokenizer):
+    """A scripted model that calls the calculator on '## 72'.replace('#','##') gets "#### 72" forced back as
+    the tool's output and stops: GSM8K (the answer is 72) scores 0 through the real engine and
+    evaluator, which read the reply's own text only; on the decoded reply, tool output included, it
+    would read the calculator's "#### 72" (it scored 1 before). Its own "#### 72" does count."""
+    tok = answer_tokenizer
+    sp = tok.encode_special
+    chain = [sp("<|assistant_start|>"), sp("<|python_start|>"), *tok.encode(MARKER_CALL), sp("<|python_end|>")]
+    successor = dict(zip(chain[:-1], chain[1:]))
+    successor[sp("<|output_end|>")] = sp("<|assistant_end|>")
+    model = scripted_model(tok, successor)
+    task = GSM8K("main", "test")
+    task.rows = [{"question": "Half of 144?", "answer": "144/2 = <<144/2=72>>72\n#### 72"}]  # fits the context
+    assert evaluate_generative(model, tok, task, max_new_tokens=20) == (0, 1)
+    assert evaluate_generative(model, tok, task, max_new_tokens=20, batched=False) == (0, 1)
+    prompt = tok.render_for_completion(task[0])
+    rows, _ = Engine(model, tok).generate_batch(prompt, max_tokens=20, temperature=0.0)
+    reply = rows[0][len(prompt):]
+    assert "<|output_start|>#### 72<|output_end|>" in tok.decode(reply)  # the tool printed the marker ...
+    assert task.evaluate(task[0], tok.decode(reply)) == 1  # ... which the decoded text would score
+    assert reply_text(tok, reply) == ""  # the reply has no text of its own
+    own = tok.encode("So:\n") + reply + tok.encode("\n#### 72")
+    assert reply_text(tok, own) == "So:\n\n#### 72" and task.evaluate(task[0], reply_text(tok, own)) == 1
+
+
+def test_reply_text_keeps_the_assistants_own_text_only(tiny_tokenizer):
+    tok = tiny_tokenizer
+    sp = tok.encode_special
+    text = tok.encode("caf\u00e9 ")  # a multi-byte character: decoded whole
+    reply = (text + [sp("<|python_start|>")] + tok.encode("'#### 3'") + [sp("<|python_end|>"), sp("<|output_start|>")]
+             + tok.encode("#### 3") + [sp("<|output_end|>")] + tok.encode(" done") + [sp("<|assistant_end|>")])
+    assert reply_text(tok, reply) == "caf\u00e9  done"
+    cut = text + [sp("<|python_start|>")] + tok.encode("#### 3")  # cut off inside a call: none of it is text
+    assert reply_text(tok, cut) == "caf\u00e9 "
+    spelled = tok.encode("<|output_start|>#### 4<|output_end|>")  # ordinary tokens: the assistant's own text
+    assert all(t < tok.get_vocab_size() - len(tok.get_special_tokens()) for t in spelled)
+    assert reply_text(tok, spelled) == "<|output_start|>#### 4<|output_end|>"
