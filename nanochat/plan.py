@@ -150,6 +150,15 @@ def detect_hardware(device, world_size, dtype, memory_gb=None, peak_tflops=None,
 # -----------------------------------------------------------------------------
 # the model's numbers
 
+def base_config(depth, vocab_size, seq_len=2048, aspect_ratio=64, head_dim=128):
+    """base_train's model from its one dial: width = depth x aspect ratio rounded up to whole heads."""
+    from nanochat.gpt import GPTConfig
+    n_embd = -(-depth * aspect_ratio // head_dim) * head_dim
+    n_head = n_embd // head_dim
+    return GPTConfig(sequence_len=seq_len, vocab_size=vocab_size, n_layer=depth, n_head=n_head, n_kv_head=n_head,
+                     n_embd=n_embd)
+
+
 def meta_model(config):
     """The GPT of `config` on the meta device: shapes and counts without memory."""
     from nanochat.gpt import GPT
@@ -166,14 +175,21 @@ class Memory:
     weight_copies: float   # bf16 autocast's cached copies of the matmul weights
     activations: float
     logits: float          # the logits/loss buffer held from the forward
-    transient: float       # what the backward makes on top (the logits' gradient)
+    forward_transient: float   # made and freed within the forward (CPU: one sweep block of the loss)
+    backward_transient: float  # made in the backward on top of the gradients (the logits' and the MLP's gradients)
     device_batch_size: int
     parts: dict = field(default_factory=dict)
 
     @property
+    def transient(self):
+        return max(self.forward_transient, self.gradients + self.backward_transient) - self.gradients
+
+    @property
     def total(self):
-        return (self.weights + self.gradients + self.optimizer + self.weight_copies + self.activations + self.logits
-                + self.transient)
+        """The step's peak: what is held at the forward's end, plus the larger of the forward's last
+        temporaries and the backward's gradients and temporaries."""
+        return (self.weights + self.optimizer + self.weight_copies + self.activations + self.logits
+                + max(self.forward_transient, self.gradients + self.backward_transient))
 
 
 def activation_bytes_per_token(config, dtype, compiled=False):
@@ -220,13 +236,16 @@ def memory_plan(config, device_batch_size, seq_len, world_size, dtype, device_ty
     opt = optimizer_bytes(model, world_size)
     N = device_batch_size * seq_len
     held, extra = logits_bytes_per_token(config, device_type, dtype, compiled)
-    transient = N * extra
+    forward_transient = 0
     if device_type == "cpu" and dtype == torch.float32:
         from nanochat.gpt import SWEEP_BLOCK_ELEMENTS
-        transient = 4 * min(config.vocab_size * N, SWEEP_BLOCK_ELEMENTS)  # one sweep block (freed with the forward)
+        forward_transient = 4 * min(config.vocab_size * N, SWEEP_BLOCK_ELEMENTS)  # one sweep block of the loss
+    # the backward's own temporaries: the logits' gradient, and about two (N, 4C) gradients of the MLP at a time
+    backward_transient = N * (extra + 2 * 4 * config.n_embd * (2 if dtype == torch.bfloat16 else 4))
     return Memory(weights=4 * total, gradients=4 * total, optimizer=opt["adamw"] + opt["muon"],
                   weight_copies=2 * matmul if dtype == torch.bfloat16 else 0,
-                  activations=N * activation_bytes_per_token(config, dtype, compiled), logits=N * held, transient=transient,
+                  activations=N * activation_bytes_per_token(config, dtype, compiled), logits=N * held,
+                  forward_transient=forward_transient, backward_transient=backward_transient,
                   device_batch_size=device_batch_size, parts=opt)
 
 
@@ -276,7 +295,7 @@ def stage_plan(stage, config, tokens, steps, hardware, memory, mfu=DEFAULT_MFU, 
                      hardware, memory, mfu, note)
 
 
-RL_MFU = 0.05  # assumed: RL's time is mostly decoding, bound by memory bandwidth, not by FLOPs
+RL_MFU = 0.01  # assumed (not measured): RL's time is mostly decoding small batches, bound by memory bandwidth
 
 
 def rl_plan(tokens, model, kv_bytes):
@@ -309,8 +328,8 @@ def format_plan(p):
                      f"gradients {fmt_bytes(m.gradients)} + optimizer {fmt_bytes(m.optimizer)} (Muon momentum "
                      f"{fmt_bytes(m.parts['muon'])}, AdamW moments {fmt_bytes(m.parts['adamw'])}, sharded over "
                      f"{hw.count}) + bf16 weight copies {fmt_bytes(m.weight_copies)} + activations "
-                     f"{fmt_bytes(m.activations)} + logits/loss {fmt_bytes(m.logits)} (+ {fmt_bytes(m.transient)} in "
-                     f"the backward) = {fmt_bytes(m.total)} of {fmt_bytes(hw.memory_bytes)} "
+                     f"{fmt_bytes(m.activations)} + logits/loss {fmt_bytes(m.logits)} + temporaries "
+                     f"{fmt_bytes(m.transient)} = {fmt_bytes(m.total)} of {fmt_bytes(hw.memory_bytes)} "
                      f"({'fits' if p.fits else 'DOES NOT FIT'} within {HEADROOM:.0%})")
     cost, seconds = p.cost, p.seconds
     lines.append(f"  time at MFU {p.mfu:.0%}: {fmt_time(seconds) if seconds is not None else 'unknown'} | cost: " +

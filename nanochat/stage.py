@@ -254,11 +254,14 @@ class Stage:
     def hardware(self):
         """The plan's hardware: --gpu x --num-gpus, else this machine's (nanochat.plan)."""
         a = self.args
-        if a.gpu:
-            return resolve_hardware(a.gpu, a.num_gpus or self.world_size, a.gpu_memory_gb, a.gpu_peak_tflops,
-                                    self.plan_dtype())
-        return detect_hardware(self.device, a.num_gpus or self.world_size, self.dtype, a.gpu_memory_gb,
-                               a.gpu_peak_tflops, need_peak=a.dry_run)
+        try:
+            if a.gpu:
+                return resolve_hardware(a.gpu, a.num_gpus or self.world_size, a.gpu_memory_gb, a.gpu_peak_tflops,
+                                        self.plan_dtype())
+            return detect_hardware(self.device, a.num_gpus or self.world_size, self.dtype, a.gpu_memory_gb,
+                                   a.gpu_peak_tflops, need_peak=a.dry_run)
+        except PlanError as e:  # a GPU the table does not know: its figures are asked for, not guessed
+            self.fail(e)
 
     def plan_dtype(self):
         """The compute dtype of the planned run: bf16 on a named GPU under --dtype auto, else this run's."""

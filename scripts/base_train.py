@@ -47,9 +47,9 @@ from nanochat.dataloader import DEFAULT_PACKING, PACKINGS, load_eval_batches, to
 from nanochat.dataset import split_files
 from nanochat.flags import add_batch_flags, add_compile_flag, add_compute_flags, add_eval_tokens_flag, \
     add_optimizer_flags, add_run_flags
-from nanochat.gpt import GPT, GPTConfig
+from nanochat.gpt import GPT
 from nanochat.loss_eval import evaluate_bpb
-from nanochat.plan import PLAN_VOCAB_SIZE, meta_model
+from nanochat.plan import PLAN_VOCAB_SIZE, base_config, meta_model
 from nanochat.stage import Stage, due
 from nanochat.tokenizer import get_token_bytes, get_tokenizer
 
@@ -123,10 +123,9 @@ model_tag = args.model_tag or f"d{args.depth}"
 run.set_run_dir("base", model_tag)
 dtype, autocast = run.pick_dtype()
 
-n_embd = -(-args.depth * args.aspect_ratio // args.head_dim) * args.head_dim  # round up to whole heads
-n_head = n_embd // args.head_dim
-config = GPTConfig(sequence_len=args.max_seq_len, vocab_size=tokenizer.get_vocab_size() if tokenizer else PLAN_VOCAB_SIZE, n_layer=args.depth,
-                   n_head=n_head, n_kv_head=n_head, n_embd=n_embd)
+config = base_config(args.depth, tokenizer.get_vocab_size() if tokenizer else PLAN_VOCAB_SIZE, args.max_seq_len,
+                     args.aspect_ratio, args.head_dim)  # width rounded up to whole heads
+n_embd, n_head = config.n_embd, config.n_head
 model = meta_model(config) if args.dry_run and args.gpu else GPT(config).to(device)  # a plan of another machine: shapes only
 model.init_weights()
 orig_model = model  # uncompiled: for state dicts and sampling (variable shapes)
