@@ -308,7 +308,7 @@ def rl_plan(tokens, model, kv_bytes):
 
 
 def fmt_bytes(b):
-    return f"{b / 2 ** 30:.2f} GiB"
+    return f"{b / 2 ** 30:.2f} GiB" if b >= 2 ** 30 else f"{b / 2 ** 20:.1f} MiB"
 
 
 def fmt_time(s):

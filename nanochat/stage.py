@@ -199,6 +199,10 @@ class Stage:
         run will use; default the optimizers' model). Recorded in vars(args) and the results. Caveat: an out-of-memory inside the optimizer's
         collectives on one rank only would hang the others (the optimizer state is the same at every b)."""
         a, self.seq_len = self.args, seq_len
+        saved = (self.resume_meta or {}).get("user_config", {}).get("device_batch_size")
+        if a.device_batch_size == "auto" and isinstance(saved, int):  # --resume: the micro-batch the run was saved with
+            print0(f"--device-batch-size auto -> {saved}: the micro-batch of the run resumed")
+            a.device_batch_size = saved
         if a.device_batch_size != "auto":
             self.device_batch_size = a.device_batch_size
             return self.device_batch_size

@@ -127,6 +127,7 @@ eval_rows = 20 * total_batch if args.eval_rows is None else args.eval_rows
 print0(f"horizon ({horizon}): {num_iterations:,} steps, {num_iterations * total_batch:,} conversations")
 optimizers = run.setup_optimizers(orig_model)
 grad_accum_steps = rows_per_rank // run.fit_device_batch(T, rows_per_rank)  # auto: tried at full rows of T tokens
+rows_per_micro_step = args.device_batch_size * run.world_size
 print0(f"rows of at most {T} tokens | batch: {total_batch} conversations/step = {args.device_batch_size} rows x {run.world_size} rank(s) x "
        f"{grad_accum_steps} micro-step(s) | compile {args.compile}")
 
