@@ -13,9 +13,12 @@
 #
 # Wheels (the GPU machine has no network). Build them here, into dev/wheels/ (not committed):
 #   uv build --wheel --out-dir dev/wheels                      # nanochat + the rustbpe extension (maturin)
-#   uv run pip wheel --wheel-dir dev/wheels fastapi uvicorn tokenizers pyarrow pytest   # + their dependencies
-# (pytest: tests/test_pipeline.py makes the data). The Python and platform must match the GPU machine's
-# (cp311, manylinux x86_64 here); pass the folder along with the tree (the device tool: carry ["dev/wheels"]).
+#   python3 -m pip wheel --wheel-dir dev/wheels fastapi uvicorn tokenizers pyarrow pytest   # + their dependencies
+# (pytest: tests/test_pipeline.py makes the data). Built here on 2026-12-02: the nanochat wheel is
+# abi3 (CPython >= 3.10), linux_x86_64, 1.4 MB with rustbpe inside; the whole folder is 69 MB, 45 of them
+# pyarrow: leave out what the machine already has (the device tool carries at most 64 MiB; pass the
+# folder with carry ["dev/wheels"], or untracked in the tree). The machine's Python must be 3.11 for
+# the cp311 wheels (pyarrow, pydantic_core, pyyaml) or pip wheel them for its version (--python-version).
 # On the machine this script installs from it, offline, only what is not importable already:
 #   pip install --no-index --find-links dev/wheels <missing>
 set -uo pipefail
@@ -46,15 +49,15 @@ fi
 WORK=$(mktemp -d)
 export NANOCHAT_BASE_DIR=$WORK/base NANOCHAT_DATA_DIR=$WORK/data PYTHONUNBUFFERED=1
 if [[ ${GPU_CHECK_CPU:-0} == 1 ]]; then
-    DEV=(--device-type=cpu); DEPTH=2; export NANOCHAT_AUTO_DTYPE=float32 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+    DEV=(--device-type=cpu); DEPTH=2; PLAN_B=8; export NANOCHAT_AUTO_DTYPE=float32 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
     BASE=(--depth=2 --max-seq-len=128 --total-batch-tokens=1024 --num-iterations=5 --no-compile --dtype=float32
           --device-batch-size=auto)
     MEM=(--depths=1,2 --seq-len=128 --vocab=1024 --rows=8)
     MID=(--num-iterations=3 --device-batch-size=2 --total-batch-tokens=512)
     SFT=(--num-iterations=3 --device-batch-size=2 --total-batch-rows=4)
 else
-    DEV=(--device-type=cuda); DEPTH=12
-    BASE=(--depth=12 --max-seq-len=2048 --total-batch-tokens=262144 --num-iterations=100 --compile --dtype=bfloat16
+    DEV=(--device-type=cuda); DEPTH=12; PLAN_B=32
+    BASE=(--depth=12 --max-seq-len=2048 --total-batch-tokens=131072 --num-iterations=100 --compile --dtype=bfloat16
           --device-batch-size=auto)
     MEM=(--depths=20,26)
     MID=(--num-iterations=5 --total-batch-tokens=65536)
@@ -94,7 +97,8 @@ EOF
 
 step data 60 $PY dev/gpu_check.py data "$NANOCHAT_DATA_DIR"
 step tok_train 120 $PY -m scripts.tok_train --max-chars=2000000 --vocab-size=1024
-step plan 60 $PY -m scripts.base_train --dry-run "${BASE[@]}" "${DEV[@]}" --run=dummy
+# the plan at an explicit micro-batch (no search: the run below measures it), compared with the run's MFU
+step plan 60 $PY -m scripts.base_train --dry-run "${BASE[@]}" --device-batch-size=$PLAN_B "${DEV[@]}" --run=dummy
 grep -E "^(plan of|  memory|  time|--device-batch-size)" "$WORK/plan.log" | $PY -c 'import json,sys; print(json.dumps(dict(step="plan_d12", lines=sys.stdin.read().splitlines())))' >> "$OUTFILE"
 
 # -----------------------------------------------------------------------------

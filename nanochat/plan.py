@@ -25,7 +25,8 @@ Where the numbers come from:
   cast to bf16 once per projection (q, k, v: three copies): 46 C bytes per token; compiled, an
   assumed 28 C (see activation_bytes_per_token), to be checked where a GPU is lent.
 - the logits/loss buffer, per token and vocab entry: CPU fp32 (SoftcapCrossEntropy) keeps d loss /
-  d logits (4 bytes) from the forward, plus one sweep block; eager CUDA keeps the fp32 tanh and
+  d logits (4 bytes) from the forward, makes one sweep block in it and a transposed copy (4 bytes)
+  at the start of the backward; eager CUDA keeps the fp32 tanh and
   log-softmax outputs (8 bytes) and makes as much again in the backward; compiled, the bf16 logits
   (2 bytes, assumed: inductor recomputes the soft-cap and softmax in its fused backward).
 The CPU figures are checked against measured peaks by scripts/plan_bench.py (dev/LOG.md); the CUDA
@@ -176,20 +177,30 @@ class Memory:
     activations: float
     logits: float          # the logits/loss buffer held from the forward
     forward_transient: float   # made and freed within the forward (CPU: one sweep block of the loss)
-    backward_transient: float  # made in the backward on top of the gradients (the logits' and the MLP's gradients)
+    backward_transient: float  # made at the backward's start, while everything is still held (the logits' gradient)
     device_batch_size: int
+    accumulating: bool = False  # gradient accumulation: the gradients exist during the later micro-steps
     parts: dict = field(default_factory=dict)
 
     @property
+    def held(self):
+        return self.activations + self.logits
+
+    @property
     def transient(self):
-        return max(self.forward_transient, self.gradients + self.backward_transient) - self.gradients
+        """The step's peak above weights, optimizer state and weight copies, less what is held."""
+        if self.accumulating:
+            return self.gradients + max(self.forward_transient, self.backward_transient)
+        return max(self.forward_transient, self.backward_transient, self.gradients - self.held)
 
     @property
     def total(self):
-        """The step's peak: what is held at the forward's end, plus the larger of the forward's last
-        temporaries and the backward's gradients and temporaries."""
-        return (self.weights + self.optimizer + self.weight_copies + self.activations + self.logits
-                + max(self.forward_transient, self.gradients + self.backward_transient))
+        """The step's peak: at the forward's end or the backward's start (everything held, plus the
+        larger of the forward's last and the backward's first temporaries), or at the backward's end
+        (every gradient made, the activations freed as it went; where the weights outweigh the
+        activations). With gradient accumulation the later micro-steps run with every gradient there.
+        Measured on CPU by scripts/plan_bench.py: dev/LOG.md."""
+        return self.weights + self.optimizer + self.weight_copies + self.held + self.transient
 
 
 def activation_bytes_per_token(config, dtype, compiled=False):
@@ -209,7 +220,9 @@ def logits_bytes_per_token(config, device_type, dtype, compiled):
     """(held from the forward, made on top in the backward) per token."""
     V = config.vocab_size
     if device_type == "cpu" and dtype == torch.float32:
-        return 4 * V, 0  # SoftcapCrossEntropy: d loss / d logits, computed in the forward
+        # SoftcapCrossEntropy: d loss / d logits, computed in the forward; the backward's dzT.t() @ W
+        # copies it once more (measured: the step's peak is the held bytes + 4 V per token)
+        return 4 * V, 4 * V
     if compiled:
         return 2 * V, 4 * V  # assumed: inductor keeps the bf16 logits and recomputes the rest (dev/gpu_check.sh measures)
     return 8 * V, 8 * V
@@ -228,8 +241,10 @@ def optimizer_bytes(model, world_size):
     return dict(adamw=adam, muon=mu)
 
 
-def memory_plan(config, device_batch_size, seq_len, world_size, dtype, device_type, compiled, model=None):
-    """Memory per device of one training step at micro-batch (device_batch_size, seq_len)."""
+def memory_plan(config, device_batch_size, seq_len, world_size, dtype, device_type, compiled, model=None,
+                grad_accum=1):
+    """Memory per device of one training step at micro-batch (device_batch_size, seq_len), made of
+    grad_accum micro-steps."""
     model = model or meta_model(config)
     total = model.num_params()
     matmul = total - model.transformer.wte.weight.numel()
@@ -240,13 +255,12 @@ def memory_plan(config, device_batch_size, seq_len, world_size, dtype, device_ty
     if device_type == "cpu" and dtype == torch.float32:
         from nanochat.gpt import SWEEP_BLOCK_ELEMENTS
         forward_transient = 4 * min(config.vocab_size * N, SWEEP_BLOCK_ELEMENTS)  # one sweep block of the loss
-    # the backward's own temporaries: the logits' gradient, and about two (N, 4C) gradients of the MLP at a time
-    backward_transient = N * (extra + 2 * 4 * config.n_embd * (2 if dtype == torch.bfloat16 else 4))
+    backward_transient = N * extra
     return Memory(weights=4 * total, gradients=4 * total, optimizer=opt["adamw"] + opt["muon"],
                   weight_copies=2 * matmul if dtype == torch.bfloat16 else 0,
                   activations=N * activation_bytes_per_token(config, dtype, compiled), logits=N * held,
                   forward_transient=forward_transient, backward_transient=backward_transient,
-                  device_batch_size=device_batch_size, parts=opt)
+                  device_batch_size=device_batch_size, accumulating=grad_accum > 1, parts=opt)
 
 
 # -----------------------------------------------------------------------------
@@ -325,11 +339,12 @@ def format_plan(p):
     if p.memory is not None:
         m = p.memory
         lines.append(f"  memory per device at micro-batch {m.device_batch_size}: weights {fmt_bytes(m.weights)} + "
-                     f"gradients {fmt_bytes(m.gradients)} + optimizer {fmt_bytes(m.optimizer)} (Muon momentum "
-                     f"{fmt_bytes(m.parts['muon'])}, AdamW moments {fmt_bytes(m.parts['adamw'])}, sharded over "
-                     f"{hw.count}) + bf16 weight copies {fmt_bytes(m.weight_copies)} + activations "
-                     f"{fmt_bytes(m.activations)} + logits/loss {fmt_bytes(m.logits)} + temporaries "
-                     f"{fmt_bytes(m.transient)} = {fmt_bytes(m.total)} of {fmt_bytes(hw.memory_bytes)} "
+                     f"optimizer {fmt_bytes(m.optimizer)} (Muon momentum {fmt_bytes(m.parts['muon'])}, AdamW moments "
+                     f"{fmt_bytes(m.parts['adamw'])}, sharded over {hw.count}) + bf16 weight copies "
+                     f"{fmt_bytes(m.weight_copies)} + activations {fmt_bytes(m.activations)} + logits/loss "
+                     f"{fmt_bytes(m.logits)} + gradients (all: {fmt_bytes(m.gradients)}) and temporaries at the peak "
+                     f"{fmt_bytes(m.transient)}{' (accumulating)' if m.accumulating else ''} = "
+                     f"{fmt_bytes(m.total)} of {fmt_bytes(hw.memory_bytes)} "
                      f"({'fits' if p.fits else 'DOES NOT FIT'} within {HEADROOM:.0%})")
     cost, seconds = p.cost, p.seconds
     lines.append(f"  time at MFU {p.mfu:.0%}: {fmt_time(seconds) if seconds is not None else 'unknown'} | cost: " +

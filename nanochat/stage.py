@@ -87,7 +87,7 @@ class Stage:
             args.device_batch_size = "auto" if on_cuda else args.default_device_batch_size
         if args.num_gpus is not None and args.num_gpus < 1 or args.mfu is not None and not 0 < args.mfu <= 1:
             parser.error(f"--num-gpus must be >= 1 and --mfu in (0, 1], got {args.num_gpus}, {args.mfu}")
-        self.device_batch_size, self.seq_len = getattr(args, "device_batch_size", None), None
+        self.device_batch_size, self.seq_len, self.rows_per_rank = getattr(args, "device_batch_size", None), None, None
         if self.wandb and importlib.util.find_spec("wandb") is None:
             parser.error(f"--run={args.run} asks for wandb logging, but wandb is not installed: "
                          f"`uv pip install wandb` (and `wandb login`), or leave --run out")
@@ -198,7 +198,7 @@ class Stage:
         model: what the training step calls (the compiled model, so that the tries measure what the
         run will use; default the optimizers' model). Recorded in vars(args) and the results. Caveat: an out-of-memory inside the optimizer's
         collectives on one rank only would hang the others (the optimizer state is the same at every b)."""
-        a, self.seq_len = self.args, seq_len
+        a, self.seq_len, self.rows_per_rank = self.args, seq_len, rows_per_rank
         saved = (self.resume_meta or {}).get("user_config", {}).get("device_batch_size")
         if a.device_batch_size == "auto" and isinstance(saved, int):  # --resume: the micro-batch the run was saved with
             print0(f"--device-batch-size auto -> {saved}: the micro-batch of the run resumed")
@@ -211,7 +211,7 @@ class Stage:
             if rows_per_rank * self.world_size % world:
                 self.fail(f"--num-gpus {world} does not divide the rows of one optimizer step "
                           f"({rows_per_rank * self.world_size}); pick another --num-gpus or total batch")
-            rows_per_rank = rows_per_rank * self.world_size // world
+            rows_per_rank = self.rows_per_rank = rows_per_rank * self.world_size // world
             b = largest_fitting(candidates(rows_per_rank), lambda b: self.make_plan(0, 0, device_batch_size=b))
             how = f"the planner's estimate for {a.gpu}, not measured"
         else:
@@ -228,15 +228,18 @@ class Stage:
 
     def _try_batch(self, b):
         """One real training step at micro-batch (b, seq_len) on random tokens, then undone: the
-        weights come back from a CPU copy, the gradients and the optimizer state are cleared."""
+        weights come back from a CPU copy, the gradients and the optimizer state are cleared. Two
+        micro-steps where the run accumulates, so that the second runs with the gradients there."""
         model = self.model
         if getattr(self, "_snapshot", None) is None:
             self._snapshot = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         try:
             x = torch.randint(0, model.config.vocab_size, (b, self.seq_len + 1), device=self.device)
-            with self.autocast:
-                loss = self._forward(x[:, :-1], x[:, 1:])
-            loss.backward()
+            for _ in range(2 if self.rows_per_rank > b else 1):
+                with self.autocast:
+                    loss = self._forward(x[:, :-1], x[:, 1:])
+                loss.backward()
+                del loss
             for opt in self.optimizers:
                 opt.step()
             if self.device_type == "cuda":
@@ -280,7 +283,7 @@ class Stage:
             flag = getattr(a, "compile", None)  # None: on CUDA only, as the scripts decide (chat_rl: no compile)
             compiled = flag if flag is not None else hasattr(a, "compile") and bool(a.gpu or self.device_type == "cuda")
             memory = memory_plan(self.model.config, b, self.seq_len, hw.count, self.plan_dtype(),
-                                 "cuda" if a.gpu else self.device_type, compiled)
+                                 "cuda" if a.gpu else self.device_type, compiled, grad_accum=(self.rows_per_rank or b) // b)
         return stage_plan(self.name, self.model.config, tokens, steps, hw, memory, mfu=a.mfu or mfu,
                           flops_per_token=flops_per_token, note=note)
 

@@ -172,7 +172,7 @@ optimizers = run.setup_optimizers(model)  # fine-tuning: every lr x --init-lr-fr
 # resume, logging
 
 run.meta_extra = dict(source=args.source, source_step=source_step)
-run.fit_device_batch(slot_len, args.device_batch_size)  # RL's micro-batch is explicit; this sets the plan's shapes
+run.fit_device_batch(slot_len, questions_per_rank * args.num_samples)  # explicit micro-batch; the plan's shapes
 data_position = run.start(dict(eval=None, last_reward=None), None, None, num_iterations,  # MFU of decoding: n/a
                           plan=rl_plan(num_iterations * args.questions_per_step * args.num_samples * slot_len, model,
                                        kv_bytes))

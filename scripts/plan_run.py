@@ -76,12 +76,13 @@ rows_per_rank = args.total_batch_tokens // (T * world)
 
 def fitted(rows, seq_len):
     """The micro-batch the estimate fits (what --device-batch-size auto measures on the node) and its memory."""
-    at = lambda b: stage_plan("", config, 0, 0, hw, memory_plan(config, b, seq_len, world, torch.bfloat16, "cuda", True))
-    b = largest_fitting(candidates(rows), at)
+    def memory(b):
+        return memory_plan(config, b, seq_len, world, torch.bfloat16, "cuda", True, grad_accum=rows // b)
+    b = largest_fitting(candidates(rows), lambda b: stage_plan("", config, 0, 0, hw, memory(b)))
     if b is None:
         sys.exit(f"plan_run: error: not even one row of {seq_len} tokens fits a {hw.name} at depth {args.depth}; "
                  f"lower --depth or --max-seq-len, or use more GPUs")
-    return memory_plan(config, b, seq_len, world, torch.bfloat16, "cuda", True)
+    return memory(b)
 
 
 model = meta_model(config)

@@ -65,6 +65,10 @@ def test_parameters_flops_and_memory_by_hand():
     N = B * T
     assert mem.activations == N * (4 * (L * 19 * C + 3 * C) + (4 + H) * 4 * L)
     assert mem.logits == N * 4 * V and mem.weight_copies == 0
+    # the step's peak: everything held + the larger of the loss's sweep block and the backward's copy of
+    # d loss / d logits (both 4 V N here), since the gradients (4 x 30976) weigh less than what is held
+    assert mem.activations == 169472 and mem.forward_transient == mem.backward_transient == 4 * V * N == 12800
+    assert mem.total == 4 * total + mem.optimizer + 169472 + 12800 + 12800
     bf16 = memory_plan(TINY, B, T, 2, torch.bfloat16, "cuda", compiled=False)
     assert bf16.weight_copies == 2 * matmul and bf16.activations == N * (L * 46 * C + 14 * C + (4 + H) * 4 * L)
 
