@@ -384,8 +384,16 @@ def candidates(rows_per_rank):
 
 
 def is_out_of_memory(e):
-    """CUDA's OutOfMemoryError, or the CPU allocator's refusal (a RuntimeError)."""
-    return isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and "can't allocate memory" in str(e))
+    """CUDA's OutOfMemoryError or the CPU allocator's refusal (a RuntimeError), also where another
+    error wraps it (torch.compile re-raises errors of its generated code as its own)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, torch.OutOfMemoryError) or "CUDA out of memory" in str(e) or \
+                (isinstance(e, RuntimeError) and "can't allocate memory" in str(e)):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def search_device_batch(candidate_sizes, try_batch, agree=None, log=print):

@@ -8,7 +8,9 @@ so that each script keeps only what is its own (its data, its step, its evaluati
     run.set_run_dir("mid", run.source["model_tag"]) # <base dir>/mid_checkpoints/<tag>; --resume: reads its meta
     dtype, autocast = run.pick_dtype()              # --dtype (auto: measured; on --resume the meta's)
     optimizers = run.setup_optimizers(model)        # lrs x --init-lr-frac; Newton-Schulz dtype
+    B = run.fit_device_batch(T, rows_per_rank, model)   # --device-batch-size auto: the largest that fits
     loader_state = run.start(dict(val_bpb=None), tokens_per_step, flops_per_token, num_iterations)
+                                                    # prints the plan (nanochat/plan.py); --dry-run stops here
     for step in run.steps(evaluate):                # evaluate(step, last) at every step boundary
         ...forward/backward; run.data_state = loader_state
         lrm = run.optimizer_step()                  # lr schedule, Muon momentum, both optimizers

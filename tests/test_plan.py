@@ -174,6 +174,13 @@ def test_search_backs_off_only_on_out_of_memory():
         raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 99 bytes")
     assert search_device_batch([2, 1], cpu_refusal, log=lambda *_: None) is None
 
+    def wrapped(b):  # as torch.compile re-raises what its generated code raised
+        try:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        except torch.OutOfMemoryError as e:
+            raise RuntimeError("backend compiler failed") from e
+    assert search_device_batch([2, 1], wrapped, log=lambda *_: None) is None
+
     def bug(b):
         raise RuntimeError("shape mismatch")
     with pytest.raises(RuntimeError, match="shape mismatch"):
