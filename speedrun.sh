@@ -8,6 +8,8 @@
 #   RUN_RL=0 bash speedrun.sh                          # stop after SFT (RL is ~1 hour more)
 #   WANDB_RUN=d20 bash speedrun.sh                     # log the training stages to wandb (`wandb login` first)
 #   SPEEDRUN_TINY=1 NANOCHAT_DATA_DIR=... bash speedrun.sh   # every stage at toy size, CPU, 2 processes (CI)
+#   PLAN=1 bash speedrun.sh                            # the plan only (scripts/plan_run.py): memory, time, cost
+#   PLAN=1 PLAN_GPU=H100 NPROC=8 NANOCHAT_GPU_PRICE=3 bash speedrun.sh   # the same, for a node you do not have yet
 #
 # Environment
 #   NANOCHAT_BASE_DIR   artifacts: tokenizer, checkpoints, results, report (default ~/.cache/nanochat)
@@ -32,6 +34,15 @@ RUN_RL=${RUN_RL:-1}
 WANDB_RUN=${WANDB_RUN:-dummy}
 export NANOCHAT_BASE_DIR=${NANOCHAT_BASE_DIR:-$HOME/.cache/nanochat}
 export OMP_NUM_THREADS=1  # torchrun starts one process per GPU (or per core in tiny mode): no oversubscription
+
+if [[ ${PLAN:-0} == 1 ]]; then  # each training stage's plan and the total: no set-up, no download, no training
+    [[ -d .venv ]] || { echo "speedrun: PLAN=1 runs in the project's environment; make it first: uv sync" >&2; exit 1; }
+    source .venv/bin/activate
+    PLAN_ARGS=(--depth=20 --rl="$RUN_RL")  # the depth of the settings below
+    [[ -z ${PLAN_GPU:-} ]] || PLAN_ARGS+=(--gpu="$PLAN_GPU")
+    [[ -z ${NPROC:-} ]] || PLAN_ARGS+=(--num-gpus="$NPROC")
+    exec python -m scripts.plan_run "${PLAN_ARGS[@]}"
+fi
 
 # -----------------------------------------------------------------------------
 # set-up (~2 minutes on a fresh node): uv, a Rust toolchain for the tokenizer, the virtual environment

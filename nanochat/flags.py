@@ -103,8 +103,10 @@ def add_batch_flags(parser, unit, device_batch_size, total):
     --total-batch-tokens (unit "tokens") or --total-batch-rows (unit "rows"), all ranks and
     micro-steps together. The old --total-batch-size keeps working as the stage's one."""
     assert unit in ("tokens", "rows"), f"a batch is counted in tokens or rows, not {unit!r}"
-    parser.add_argument("--device-batch-size", type=int, default=device_batch_size,
-                        help="rows per forward/backward on each device")
+    parser.add_argument("--device-batch-size", type=device_batch_size_arg, default=None,
+                        help=f"rows per forward/backward on each device, or 'auto': the largest power of two that "
+                             f"fits, measured (default: auto on CUDA, {device_batch_size} elsewhere)")
+    parser.set_defaults(default_device_batch_size=device_batch_size)  # what None becomes off CUDA (nanochat/stage.py)
     parser.add_argument(f"--total-batch-{unit}", type=int, default=total,
                         help=f"{unit} per optimizer step, all ranks and micro-steps together")
     renamed(parser, "--total-batch-size", f"--total-batch-{unit}")
@@ -138,9 +140,37 @@ def add_run_flags(parser, horizon, eval_every, save_every=None, seed_help="seed"
     parser.add_argument("--resume", action="store_true", help="continue exactly from the latest checkpoint of the run folder")
     parser.add_argument("--run", default=None, help="wandb run name (default: no wandb; 'dummy' is no wandb too)")
     parser.add_argument("--seed", type=int, default=42, help=seed_help)
+    add_plan_flags(parser)
 
 
 def add_eval_tokens_flag(parser, default_help="20 x --total-batch-tokens"):
     """--eval-tokens: tokens of one val-loss evaluation, all ranks together, each read at most once."""
     parser.add_argument("--eval-tokens", type=optional_int, default=None,
                         help=f"val tokens per evaluation, all ranks together, each read at most once (default: {default_help})")
+
+
+def device_batch_size_arg(text):
+    """argparse type of --device-batch-size: a count >= 1 or "auto"."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1 or 'auto', got {text!r}")
+    return value
+
+
+def add_plan_flags(parser):
+    """--dry-run (print the run's plan, nanochat/plan.py, and stop before training) and the hardware
+    of a plan: --gpu and --num-gpus (None: this machine's), the figures of a GPU the table does not
+    know, the MFU of the time estimate. Every training stage has them (add_run_flags adds them)."""
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the plan (parameters, tokens, FLOPs, memory per GPU, time, cost) and stop")
+    parser.add_argument("--gpu", default=None, help="plan for this GPU model, e.g. H100, A100 80GB (default: this machine's)")
+    parser.add_argument("--num-gpus", type=int, default=None, help="GPUs of the planned run (default: the world size)")
+    parser.add_argument("--gpu-memory-gb", type=float, default=None, help="memory of a GPU the table does not know, GB")
+    parser.add_argument("--gpu-peak-tflops", type=float, default=None,
+                        help="dense bf16 peak of a GPU the table does not know, TFLOP/s (its datasheet)")
+    parser.add_argument("--mfu", type=float, default=None, help="MFU of the plan's time estimate (default: nanochat/plan.py's)")

@@ -8,7 +8,9 @@ so that each script keeps only what is its own (its data, its step, its evaluati
     run.set_run_dir("mid", run.source["model_tag"]) # <base dir>/mid_checkpoints/<tag>; --resume: reads its meta
     dtype, autocast = run.pick_dtype()              # --dtype (auto: measured; on --resume the meta's)
     optimizers = run.setup_optimizers(model)        # lrs x --init-lr-frac; Newton-Schulz dtype
+    B = run.fit_device_batch(T, rows_per_rank, model)   # --device-batch-size auto: the largest that fits
     loader_state = run.start(dict(val_bpb=None), tokens_per_step, flops_per_token, num_iterations)
+                                                    # prints the plan (nanochat/plan.py); --dry-run stops here
     for step in run.steps(evaluate):                # evaluate(step, last) at every step boundary
         ...forward/backward; run.data_state = loader_state
         lrm = run.optimizer_step()                  # lr schedule, Muon momentum, both optimizers
@@ -39,12 +41,15 @@ import time
 from dataclasses import asdict
 
 import torch
+import torch.distributed as dist
 
 from nanochat.checkpoint_manager import SOURCE_DIRS, CheckpointError, load_meta, load_model, load_training_state, \
     save_training_state
-from nanochat.common import autocast_ctx, compute_cleanup, compute_init, decide_compute_dtype, get_base_dir, \
-    get_dist_info, get_peak_flops, print0
+from nanochat.common import autocast_ctx, autodetect_device_type, compute_cleanup, compute_init, \
+    decide_compute_dtype, get_base_dir, get_dist_info, get_peak_flops, print0
 from nanochat.loss_eval import evaluate_loss_bpb
+from nanochat.plan import DEFAULT_MFU, PlanError, candidates, check_fits, detect_hardware, format_plan, \
+    largest_fitting, memory_plan, resolve_hardware, search_device_batch, stage_plan
 from nanochat.runlog import ProgressMeter, RunLog, StopFlag, finish_run, save_results
 from nanochat.schedules import lr_multiplier, set_lr, set_momentum
 
@@ -79,6 +84,12 @@ class Stage:
             parser.error("--warmup-ratio and --warmdown-ratio must be >= 0 and sum to at most 1")
         if getattr(args, "init_lr_frac", 1.0) <= 0:
             parser.error(f"--init-lr-frac must be > 0, got {args.init_lr_frac}")
+        if hasattr(args, "default_device_batch_size") and args.device_batch_size is None:  # auto on CUDA only
+            on_cuda = (args.device_type or autodetect_device_type()) == "cuda" or (args.dry_run and args.gpu)
+            args.device_batch_size = "auto" if on_cuda else args.default_device_batch_size
+        if args.num_gpus is not None and args.num_gpus < 1 or args.mfu is not None and not 0 < args.mfu <= 1:
+            parser.error(f"--num-gpus must be >= 1 and --mfu in (0, 1], got {args.num_gpus}, {args.mfu}")
+        self.device_batch_size, self.seq_len, self.rows_per_rank = getattr(args, "device_batch_size", None), None, None
         if self.wandb and importlib.util.find_spec("wandb") is None:
             parser.error(f"--run={args.run} asks for wandb logging, but wandb is not installed: "
                          f"`uv pip install wandb` (and `wandb login`), or leave --run out")
@@ -180,10 +191,125 @@ class Stage:
                f"weight decay {a.weight_decay} | run folder {self.run_dir}")
         return self.optimizers
 
-    def start(self, loop, tokens_per_step, flops_per_token, num_iterations, time_budget_s=None):
-        """The loop state (`loop`: the stage's own values, saved in every checkpoint), the meter,
-        --resume (weights, optimizers, loop, meter), wandb, log.jsonl and the SIGTERM flag.
+    def fit_device_batch(self, seq_len, rows_per_rank, model=None):
+        """--device-batch-size, with auto resolved: the largest power of two dividing rows_per_rank
+        (the rows of one rank's optimizer step, so accumulation keeps the total exact) whose real
+        forward, backward and optimizer step at (b, seq_len) run without running out of memory on
+        every rank; the weights and the optimizer state are restored after each try. For a GPU
+        named with --gpu (a plan of another machine) the planner's estimate decides instead.
+        model: what the training step calls (the compiled model, so that the tries measure what the
+        run will use; default the optimizers' model). Recorded in vars(args) and the results. Caveat: an out-of-memory inside the optimizer's
+        collectives on one rank only would hang the others (the optimizer state is the same at every b)."""
+        a, self.seq_len, self.rows_per_rank = self.args, seq_len, rows_per_rank
+        saved = (self.resume_meta or {}).get("user_config", {}).get("device_batch_size")
+        if a.device_batch_size == "auto" and isinstance(saved, int):  # --resume: the micro-batch the run was saved with
+            print0(f"--device-batch-size auto -> {saved}: the micro-batch of the run resumed")
+            a.device_batch_size = saved
+        if a.device_batch_size != "auto":
+            self.device_batch_size = a.device_batch_size
+            return self.device_batch_size
+        if a.gpu:  # planning another machine: its world size, the estimate
+            world = a.num_gpus or self.world_size
+            if rows_per_rank * self.world_size % world:
+                self.fail(f"--num-gpus {world} does not divide the rows of one optimizer step "
+                          f"({rows_per_rank * self.world_size}); pick another --num-gpus or total batch")
+            rows_per_rank = self.rows_per_rank = rows_per_rank * self.world_size // world
+            b = largest_fitting(candidates(rows_per_rank), lambda b: self.make_plan(0, 0, device_batch_size=b))
+            how = f"the planner's estimate for {a.gpu}, not measured"
+        else:
+            self._forward = model or self.model
+            b = search_device_batch(candidates(rows_per_rank), self._try_batch, self._agree, log=print0)
+            self._snapshot = None
+            how = f"measured: a real step at each size on {self.device_type}, eager"
+        if b is None:
+            self.fail(f"--device-batch-size auto: not even 1 row of {seq_len} tokens fits ({how}); lower "
+                      f"--max-seq-len or --depth, or use more GPUs (the optimizer state is sharded)")
+        a.device_batch_size = self.device_batch_size = b
+        print0(f"--device-batch-size auto -> {b} ({how}): {rows_per_rank // b} micro-step(s) of {b} rows per rank")
+        return b
+
+    def _try_batch(self, b):
+        """One real training step at micro-batch (b, seq_len) on random tokens, then undone: the
+        weights come back from a CPU copy, the gradients and the optimizer state are cleared. Two
+        micro-steps where the run accumulates, so that the second runs with the gradients there."""
+        model = self.model
+        if getattr(self, "_snapshot", None) is None:
+            self._snapshot = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        try:
+            x = torch.randint(0, model.config.vocab_size, (b, self.seq_len + 1), device=self.device)
+            for _ in range(2 if self.rows_per_rank > b else 1):
+                with self.autocast:
+                    loss = self._forward(x[:, :-1], x[:, 1:])
+                loss.backward()
+                del loss
+            for opt in self.optimizers:
+                opt.step()
+            if self.device_type == "cuda":
+                torch.cuda.synchronize()
+        finally:
+            model.zero_grad(set_to_none=True)
+            for opt in self.optimizers:
+                opt.state.clear()
+            model.load_state_dict(self._snapshot)
+
+    def _agree(self, ok):
+        """True when ok is True on every rank."""
+        if self.world_size == 1:
+            return ok
+        flag = torch.tensor([int(ok)], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+
+    def hardware(self):
+        """The plan's hardware: --gpu x --num-gpus, else this machine's (nanochat.plan)."""
+        a = self.args
+        try:
+            if a.gpu:
+                return resolve_hardware(a.gpu, a.num_gpus or self.world_size, a.gpu_memory_gb, a.gpu_peak_tflops,
+                                        self.plan_dtype())
+            return detect_hardware(self.device, a.num_gpus or self.world_size, self.dtype, a.gpu_memory_gb,
+                                   a.gpu_peak_tflops, need_peak=a.dry_run)
+        except PlanError as e:  # a GPU the table does not know: its figures are asked for, not guessed
+            self.fail(e)
+
+    def plan_dtype(self):
+        """The compute dtype of the planned run: bf16 on a named GPU under --dtype auto, else this run's."""
+        return torch.bfloat16 if self.args.gpu and self.args.dtype == "auto" else self.dtype
+
+    def make_plan(self, tokens, steps, device_batch_size=None, mfu=DEFAULT_MFU, flops_per_token=None, note=""):
+        """The stage's plan (nanochat.plan.stage_plan) at this run's shapes."""
+        a, hw = self.args, self.hardware()
+        b = device_batch_size or self.device_batch_size
+        memory = None
+        if self.seq_len is not None and isinstance(b, int):
+            flag = getattr(a, "compile", None)  # None: on CUDA only, as the scripts decide (chat_rl: no compile)
+            compiled = flag if flag is not None else hasattr(a, "compile") and bool(a.gpu or self.device_type == "cuda")
+            memory = memory_plan(self.model.config, b, self.seq_len, hw.count, self.plan_dtype(),
+                                 "cuda" if a.gpu else self.device_type, compiled, grad_accum=(self.rows_per_rank or b) // b)
+        return stage_plan(self.name, self.model.config, tokens, steps, hw, memory, mfu=a.mfu or mfu,
+                          flops_per_token=flops_per_token, note=note)
+
+    def start(self, loop, tokens_per_step, flops_per_token, num_iterations, time_budget_s=None, plan=None):
+        """The plan (printed; a micro-batch that the planner says does not fit refuses to start; with
+        --dry-run the stage stops here, exit 0, nothing written), then the loop state (`loop`: the
+        stage's own values, saved in every checkpoint), the meter, --resume (weights, optimizers,
+        loop, meter), wandb, log.jsonl and the SIGTERM flag. plan: make_plan's tokens, mfu,
+        flops_per_token, note where tokens_per_step x steps is not the stage's count.
         Returns this rank's data position to start from (None: the start)."""
+        plan = dict(dict(tokens=(tokens_per_step or 0) * (num_iterations or 0)), **(plan or {}))
+        if time_budget_s is not None:
+            plan["note"] = "the horizon is a time budget: tokens and steps are not known in advance"
+        try:
+            the_plan = self.make_plan(steps=num_iterations or 0, **plan)
+            print0(format_plan(the_plan))
+            if self.args.device_batch_size != "auto":  # auto measured what fits; the estimate does not overrule it
+                check_fits(the_plan)
+        except PlanError as e:
+            self.fail(e)
+        if self.args.dry_run:
+            print0(f"{self.name}: dry run, stopping before training (nothing written)")
+            compute_cleanup()
+            sys.exit(0)
         self.num_iterations, self.time_budget_s = num_iterations, time_budget_s
         self.meter = ProgressMeter(tokens_per_step, flops_per_token, self.peak_flops, self.world_size, num_iterations,
                                    time_budget_s)
@@ -310,6 +436,8 @@ class Stage:
         if self.source is not None:
             summary["source"] = self.source
         if self.master and not self.stopping:
+            if isinstance(self.device_batch_size, int):
+                metrics = dict(metrics, device_batch_size=self.device_batch_size)
             metrics = dict(metrics, tokens=summary["total_tokens"], mfu=summary["mfu"], tok_per_s=summary["tok_per_s"],
                            training_time_s=summary["training_time_s"], compute_dtype=summary["compute_dtype"])
             print0("final: " + " | ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}"

@@ -47,8 +47,9 @@ from nanochat.dataloader import DEFAULT_PACKING, PACKINGS, load_eval_batches, to
 from nanochat.dataset import split_files
 from nanochat.flags import add_batch_flags, add_compile_flag, add_compute_flags, add_eval_tokens_flag, \
     add_optimizer_flags, add_run_flags
-from nanochat.gpt import GPT, GPTConfig
+from nanochat.gpt import GPT
 from nanochat.loss_eval import evaluate_bpb
+from nanochat.plan import PLAN_VOCAB_SIZE, base_config, meta_model
 from nanochat.stage import Stage, due
 from nanochat.tokenizer import get_token_bytes, get_tokenizer
 
@@ -88,11 +89,11 @@ if args.depth < 1:
     parser.error(f"--depth must be >= 1, got {args.depth}")
 if args.aspect_ratio < 1 or args.head_dim < 2 or args.head_dim % 2:
     parser.error(f"--aspect-ratio must be >= 1 and --head-dim even and >= 2, got {args.aspect_ratio}, {args.head_dim}")
-if args.max_seq_len < 1 or args.device_batch_size < 1:
-    parser.error(f"--max-seq-len and --device-batch-size must be >= 1, got {args.max_seq_len}, {args.device_batch_size}")
-tokens_per_micro_step = args.device_batch_size * args.max_seq_len * run.world_size
-grad_accum_steps = run.check_total_batch("tokens", tokens_per_micro_step, f"--device-batch-size {args.device_batch_size} "
-                                         f"x --max-seq-len {args.max_seq_len}")
+if args.max_seq_len < 1:
+    parser.error(f"--max-seq-len must be >= 1, got {args.max_seq_len}")
+rows = 1 if args.device_batch_size == "auto" else args.device_batch_size  # auto: fitted below, a divisor of the rows
+rows_per_rank = rows * run.check_total_batch("tokens", rows * args.max_seq_len * run.world_size,
+                                             f"--device-batch-size {rows} x --max-seq-len {args.max_seq_len}")
 if args.num_iterations is None and not args.target_flops and not args.max_train_minutes and args.target_param_data_ratio <= 0:
     parser.error("no horizon: set --num-iterations, --target-flops, --max-train-minutes or --target-param-data-ratio")
 if args.eval_tokens is not None and args.eval_tokens < 1:
@@ -106,7 +107,10 @@ try:
     tokenizer = get_tokenizer()
     token_bytes_cpu = get_token_bytes("cpu")
 except (FileNotFoundError, ValueError) as e:
-    sys.exit(f"base_train: error: {e}")
+    if not args.dry_run:
+        sys.exit(f"base_train: error: {e}")
+    tokenizer = token_bytes_cpu = None  # a plan needs no data: tok_train's default vocab
+    print0(f"base_train: dry run without the data or tokenizer ({e}); planning at vocab {PLAN_VOCAB_SIZE:,}")
 
 # -----------------------------------------------------------------------------
 # compute, model, horizon
@@ -114,16 +118,15 @@ except (FileNotFoundError, ValueError) as e:
 run.init_compute()
 device = run.device
 use_compile = run.device_type == "cuda" if args.compile is None else args.compile
-token_bytes = token_bytes_cpu.to(device)
+token_bytes = token_bytes_cpu.to(device) if token_bytes_cpu is not None else None
 model_tag = args.model_tag or f"d{args.depth}"
 run.set_run_dir("base", model_tag)
 dtype, autocast = run.pick_dtype()
 
-n_embd = -(-args.depth * args.aspect_ratio // args.head_dim) * args.head_dim  # round up to whole heads
-n_head = n_embd // args.head_dim
-config = GPTConfig(sequence_len=args.max_seq_len, vocab_size=tokenizer.get_vocab_size(), n_layer=args.depth,
-                   n_head=n_head, n_kv_head=n_head, n_embd=n_embd)
-model = GPT(config).to(device)
+config = base_config(args.depth, tokenizer.get_vocab_size() if tokenizer else PLAN_VOCAB_SIZE, args.max_seq_len,
+                     args.aspect_ratio, args.head_dim)  # width rounded up to whole heads
+n_embd, n_head = config.n_embd, config.n_head
+model = meta_model(config) if args.dry_run and args.gpu else GPT(config).to(device)  # a plan of another machine: shapes only
 model.init_weights()
 orig_model = model  # uncompiled: for state dicts and sampling (variable shapes)
 num_params = model.num_params()
@@ -150,8 +153,6 @@ print0(f"depth {args.depth} -> width {n_embd} (depth x {args.aspect_ratio} = {ar
        f"rounded up to whole heads), {n_head} head(s) of dim {args.head_dim}, kv heads {n_head}")
 print0(f"vocab {config.vocab_size:,} | sequence length {args.max_seq_len} | parameters {num_params:,} | "
        f"FLOPs per token {flops_per_token:.4g} | AdamW lr scale (width/768)^-0.5 = {(n_embd / 768) ** -0.5:.4f}")
-print0(f"batch: {total_batch:,} tokens/step = {args.device_batch_size} rows x {args.max_seq_len} tokens x "
-       f"{run.world_size} rank(s) x {grad_accum_steps} micro-step(s) | compile {use_compile} | packing {args.packing}")
 if num_iterations is not None:
     total_tokens = num_iterations * total_batch
     print0(f"horizon ({horizon}): {num_iterations:,} steps, {total_tokens:,} tokens "
@@ -159,14 +160,19 @@ if num_iterations is not None:
 else:
     print0(f"horizon ({horizon})")
 optimizers = run.setup_optimizers(orig_model)
+if use_compile:
+    model = torch.compile(model, dynamic=False)
+run.fit_device_batch(args.max_seq_len, rows_per_rank, model)  # resolves --device-batch-size auto
+grad_accum_steps = rows_per_rank // args.device_batch_size
+tokens_per_micro_step = args.device_batch_size * args.max_seq_len * run.world_size
+print0(f"batch: {total_batch:,} tokens/step = {args.device_batch_size} rows x {args.max_seq_len} tokens x "
+       f"{run.world_size} rank(s) x {grad_accum_steps} micro-step(s) | compile {use_compile} | packing {args.packing}")
 
 # -----------------------------------------------------------------------------
 # resume, loop state, data
 
 loader_state = run.start(dict(val_bpb=None, min_val_bpb=None, evals_done_at_min=[]), total_batch, flops_per_token,
                          num_iterations, time_budget_s)
-if use_compile:
-    model = torch.compile(model, dynamic=False)
 train_loader = tokenizing_distributed_data_loader_with_state(
     tokenizer, args.device_batch_size, args.max_seq_len, "train", packing=args.packing, device=device,
     resume_state=loader_state)

@@ -70,6 +70,7 @@ from nanochat.common import atomic_write, print0
 from nanochat.engine import Engine, SamplingParams
 from nanochat.flags import add_compute_flags, add_eval_items_flag, add_optimizer_flags, add_reply_flags, \
     add_run_flags, add_source_flags, renamed
+from nanochat.plan import rl_plan
 from nanochat.stage import Stage, due
 from nanochat.task_eval import eval_indices, reply_text
 from tasks.registry import RL_TASKS, load_rl_task
@@ -172,7 +173,10 @@ optimizers = run.setup_optimizers(model)  # fine-tuning: every lr x --init-lr-fr
 # resume, logging
 
 run.meta_extra = dict(source=args.source, source_step=source_step)
-data_position = run.start(dict(eval=None, last_reward=None), None, None, num_iterations)  # MFU of decoding: n/a
+run.fit_device_batch(slot_len, questions_per_rank * args.num_samples)  # explicit micro-batch; the plan's shapes
+data_position = run.start(dict(eval=None, last_reward=None), None, None, num_iterations,  # MFU of decoding: n/a
+                          plan=rl_plan(num_iterations * args.questions_per_step * args.num_samples * slot_len, model,
+                                       kv_bytes))
 assert data_position in (None, run.step * args.questions_per_step), f"data position {data_position} is not step x Q"
 run.data_state = run.step * args.questions_per_step  # the data position is a function of the step
 samples_path = os.path.join(run.run_dir, "samples.jsonl")

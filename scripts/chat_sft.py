@@ -81,10 +81,10 @@ args = parser.parse_args()
 # check the flags before any process group exists (every rank exits the same way)
 
 run = Stage("chat_sft", parser, args)
-rows_per_micro_step = args.device_batch_size * run.world_size
-if args.device_batch_size < 1 or (args.eval_items is not None and args.eval_items < 1):
-    parser.error("--device-batch-size and --eval-items must be >= 1")
-grad_accum_steps = run.check_total_batch("rows", rows_per_micro_step, f"--device-batch-size {args.device_batch_size}")
+if args.eval_items is not None and args.eval_items < 1:
+    parser.error("--eval-items must be >= 1")
+rows = 1 if args.device_batch_size == "auto" else args.device_batch_size  # auto: fitted below, a divisor of the rows
+rows_per_rank = rows * run.check_total_batch("rows", rows * run.world_size, f"--device-batch-size {rows}")
 if args.max_seq_len is not None and args.max_seq_len < 1:
     parser.error(f"--max-seq-len must be >= 1 (omit it for the model's), got {args.max_seq_len}")
 if args.chat_size < -1 or args.identity_size < 0 or args.spelling_size < 0:
@@ -124,16 +124,19 @@ else:
 num_params, flops_per_token = orig_model.num_params(), orig_model.estimate_flops()
 eval_rows = 20 * total_batch if args.eval_rows is None else args.eval_rows
 
-print0(f"rows of at most {T} tokens | batch: {total_batch} conversations/step = {args.device_batch_size} rows x {run.world_size} rank(s) x "
-       f"{grad_accum_steps} micro-step(s) | compile {args.compile}")
 print0(f"horizon ({horizon}): {num_iterations:,} steps, {num_iterations * total_batch:,} conversations")
 optimizers = run.setup_optimizers(orig_model)
+grad_accum_steps = rows_per_rank // run.fit_device_batch(T, rows_per_rank)  # auto: tried at full rows of T tokens
+rows_per_micro_step = args.device_batch_size * run.world_size
+print0(f"rows of at most {T} tokens | batch: {total_batch} conversations/step = {args.device_batch_size} rows x {run.world_size} rank(s) x "
+       f"{grad_accum_steps} micro-step(s) | compile {args.compile}")
 
 # -----------------------------------------------------------------------------
 # resume, loop state, data
 
 loader_state = run.start(dict(val_loss=None, val_bpb=None, min_val_loss=None, min_val_bpb=None, metrics={}), None, flops_per_token,
-                         num_iterations)  # tokens vary per step
+                         num_iterations, plan=dict(tokens=num_iterations * total_batch * T,
+                                                   note=f"tokens: rows of at most {T}, an upper bound"))  # tokens vary
 if args.compile:
     model = torch.compile(model, dynamic=True)
 try:  # padded rows (CHAT_MIXTURES["sft"])

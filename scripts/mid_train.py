@@ -67,8 +67,8 @@ args = parser.parse_args()
 # check the flags before any process group exists (every rank exits the same way)
 
 run = Stage("mid_train", parser, args)
-if args.device_batch_size < 1 or (args.max_seq_len is not None and args.max_seq_len < 1):
-    parser.error("--device-batch-size and --max-seq-len must be >= 1")
+if args.max_seq_len is not None and args.max_seq_len < 1:
+    parser.error("--max-seq-len must be >= 1")
 if args.chat_size < -1 or args.identity_size < 0 or args.spelling_size < 0:
     parser.error("--chat-size must be >= -1, --identity-size and --spelling-size >= 0")
 if args.eval_tokens is not None and args.eval_tokens < 1:
@@ -82,9 +82,9 @@ device = run.device
 model, tokenizer, _ = run.load_source("base")
 token_bytes = get_token_bytes(device)
 T = run.row_length(model)
-tokens_per_micro_step = args.device_batch_size * T * run.world_size
-grad_accum_steps = run.check_total_batch("tokens", tokens_per_micro_step, f"--device-batch-size {args.device_batch_size} "
-                                         f"x --max-seq-len {T}")
+rows = 1 if args.device_batch_size == "auto" else args.device_batch_size  # auto: fitted below, a divisor of the rows
+rows_per_rank = rows * run.check_total_batch("tokens", rows * T * run.world_size,
+                                             f"--device-batch-size {rows} x --max-seq-len {T}")
 use_compile = run.device_type == "cuda" if args.compile is None else args.compile
 orig_model = model  # uncompiled: for state dicts
 run.set_run_dir("mid", run.source["model_tag"])
@@ -110,18 +110,20 @@ else:
 num_params, flops_per_token = orig_model.num_params(), orig_model.estimate_flops()
 eval_tokens = 20 * total_batch if args.eval_tokens is None else args.eval_tokens
 
-print0(f"rows of {T} tokens | FLOPs per token {flops_per_token:.4g} | batch: {total_batch:,} tokens/step = {args.device_batch_size} rows x {T} tokens x "
-       f"{run.world_size} rank(s) x {grad_accum_steps} micro-step(s) | compile {use_compile}")
 print0(f"horizon ({horizon}): {num_iterations:,} steps, {num_iterations * total_batch:,} tokens")
 optimizers = run.setup_optimizers(orig_model)
+if use_compile:
+    model = torch.compile(model, dynamic=False)
+grad_accum_steps = rows_per_rank // run.fit_device_batch(T, rows_per_rank, model)  # resolves auto
+tokens_per_micro_step = args.device_batch_size * T * run.world_size
+print0(f"rows of {T} tokens | FLOPs per token {flops_per_token:.4g} | batch: {total_batch:,} tokens/step = {args.device_batch_size} rows x {T} tokens x "
+       f"{run.world_size} rank(s) x {grad_accum_steps} micro-step(s) | compile {use_compile}")
 
 # -----------------------------------------------------------------------------
 # resume, loop state, data
 
 loader_state = run.start(dict(val_bpb=None, val_loss=None, min_val_bpb=None, min_val_loss=None), total_batch, flops_per_token,
                          num_iterations)
-if use_compile:
-    model = torch.compile(model, dynamic=False)
 try:  # packed rows (CHAT_MIXTURES["mid"])
     train_loader, val_batches = chat_loaders(MIXTURE["rows"], tokenizer, train_task, val_task, args.device_batch_size, T,
                                              max(1, eval_tokens // tokens_per_micro_step), device, loader_state, args.seed)
