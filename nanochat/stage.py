@@ -34,11 +34,13 @@ one more. step counts the optimizer steps done so far.
 import importlib.util
 import math
 import os
+import socket
 import sys
 import time
 from dataclasses import asdict
 
 import torch
+import torch.distributed as dist
 
 from nanochat.checkpoint_manager import SOURCE_DIRS, CheckpointError, load_meta, load_model, load_training_state, \
     save_training_state
@@ -136,12 +138,44 @@ class Stage:
         checkpoint's meta is read now (the dtype and the loop state come from it)."""
         self.model_tag = model_tag
         self.run_dir = os.path.join(get_base_dir(), SOURCE_DIRS[stage_source], model_tag)
+        self.check_shared_base_dir()
         if self.args.resume:
             try:
                 self.resume_meta = load_meta(self.run_dir)
             except (FileNotFoundError, CheckpointError) as e:  # nothing to resume / a corrupt file
                 self.fail(f"--resume: {e}")
         return self.run_dir
+
+    def check_shared_base_dir(self):
+        """On several nodes, every rank must see global rank 0's NANOCHAT_BASE_DIR: rank 0 alone writes
+        the checkpoints, logs and results, and every rank reads the source model, a --resume and the
+        tokenizer from there. Node-local disks are refused here, with the nodes that do not see it."""
+        if self.world_size == 1 or int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size)) == self.world_size:
+            return  # one node: one filesystem
+        token = [f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}" if self.master else None]
+        dist.broadcast_object_list(token)
+        probe = os.path.join(get_base_dir(), f".shared_probe_{token[0].replace(':', '_')}")
+        if self.master:
+            with open(probe, "w") as f:
+                f.write(token[0])
+        dist.barrier()
+        try:
+            with open(probe) as f:
+                seen = f.read() == token[0]
+        except OSError:
+            seen = False
+        views = [None] * self.world_size
+        dist.all_gather_object(views, (self.rank, socket.gethostname(), os.environ.get("GROUP_RANK"), seen))
+        dist.barrier()
+        if self.master:
+            os.remove(probe)
+        blind = sorted({(node, host) for _, host, node, ok in views if not ok})
+        if blind:
+            self.fail(f"the nodes {', '.join(f'{n} ({h})' for n, h in blind)} do not see NANOCHAT_BASE_DIR={get_base_dir()} "
+                      f"of global rank 0 (it wrote {probe}; they cannot read it). Global rank 0 alone writes "
+                      f"checkpoints, logs and results, and every rank reads the tokenizer, the source model and a "
+                      f"--resume from there: put NANOCHAT_BASE_DIR on a filesystem that every node mounts (NFS, "
+                      f"Lustre, ...) at the same path")
 
     def pick_dtype(self):
         """(dtype, autocast context). --dtype auto is decided once (rank 0's measurement, sent to every

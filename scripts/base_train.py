@@ -167,12 +167,13 @@ loader_state = run.start(dict(val_bpb=None, min_val_bpb=None, evals_done_at_min=
                          num_iterations, time_budget_s)
 if use_compile:
     model = torch.compile(model, dynamic=False)
-train_loader = tokenizing_distributed_data_loader_with_state(
-    tokenizer, args.device_batch_size, args.max_seq_len, "train", packing=args.packing, device=device,
-    resume_state=loader_state)
-try:
+try:  # a resume position of other data or of another number of micro-batches per step: refused
+    train_loader = tokenizing_distributed_data_loader_with_state(
+        tokenizer, args.device_batch_size, args.max_seq_len, "train", packing=args.packing, device=device,
+        resume_state=loader_state, micro_steps=grad_accum_steps)
     val_batches, _ = load_eval_batches(tokenizer, args.device_batch_size, args.max_seq_len, "val",
-                                       max(1, eval_tokens // tokens_per_micro_step), packing=args.packing, device=device)
+                                       max(1, eval_tokens // (tokens_per_micro_step * grad_accum_steps)),
+                                       packing=args.packing, device=device, micro_steps=grad_accum_steps)
 except ValueError as e:
     run.fail(e)
 print0(f"validation: {len(val_batches) * tokens_per_micro_step:,} tokens per evaluation (asked for {eval_tokens:,})")

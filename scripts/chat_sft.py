@@ -138,7 +138,8 @@ if args.compile:
     model = torch.compile(model, dynamic=True)
 try:  # padded rows (CHAT_MIXTURES["sft"])
     train_loader, val_batches = chat_loaders(MIXTURE["rows"], tokenizer, train_task, val_task, args.device_batch_size, T,
-                                             max(1, eval_rows // rows_per_micro_step), device, loader_state, args.seed)
+                                             max(1, eval_rows // (rows_per_micro_step * grad_accum_steps)), device, loader_state,
+                                             args.seed, micro_steps=grad_accum_steps)
 except ValueError as e:  # too little data for one batch, or a resume position of another mixture
     run.fail(e)
 
