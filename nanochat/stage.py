@@ -22,8 +22,10 @@ batch-size search runs between setup_optimizers and start). Each fails with a cl
 What the runner owns: the flags of nanochat/flags.py's training groups and their checks; compute
 set-up and the dtype, which on --resume comes from the checkpoint's meta (the run goes on in the dtype
 it started in, so --dtype auto on another machine cannot change it); loading the source model;
-wandb; resume (weights, optimizer state, loop state and meter, the data position) and SIGTERM (every
-rank agrees in the step's own all-reduce, saves and exits 0); the eval and save cadences; the
+wandb; resume (weights, optimizer state, loop state and meter, the data position; at any world size
+that divides the run's micro-batches per step: nanochat/checkpoint_manager.py) and SIGTERM (every
+rank agrees in the step's own all-reduce, saves and exits 0); on several nodes, the check that every
+rank sees global rank 0's NANOCHAT_BASE_DIR (set_run_dir); the eval and save cadences; the
 progress line; summary.json, loss.svg and the results record (nanochat/runlog.py).
 
 The step boundary (run.steps): SIGTERM during the last step -> save and stop; else evaluate(step,
@@ -217,7 +219,8 @@ class Stage:
     def start(self, loop, tokens_per_step, flops_per_token, num_iterations, time_budget_s=None):
         """The loop state (`loop`: the stage's own values, saved in every checkpoint), the meter,
         --resume (weights, optimizers, loop, meter), wandb, log.jsonl and the SIGTERM flag.
-        Returns this rank's data position to start from (None: the start)."""
+        Returns the run's data position to start from (every stream's; each loader takes its own
+        streams'), None: the start."""
         self.num_iterations, self.time_budget_s = num_iterations, time_budget_s
         self.meter = ProgressMeter(tokens_per_step, flops_per_token, self.peak_flops, self.world_size, num_iterations,
                                    time_budget_s)
@@ -230,7 +233,9 @@ class Stage:
                 self.fail(f"--resume: {e}")
             self.loop = meta["loop_state"]
             self.meter.load_state_dict(self.loop.pop("meter"))
-            print0(f"resumed from {self.run_dir} at step {self.step}")
+            saved_world = meta.get("world_size", self.world_size)
+            print0(f"resumed from {self.run_dir} at step {self.step}"
+                   + (f" (saved by {saved_world} ranks, now {self.world_size})" if saved_world != self.world_size else ""))
         self.wandb_run = None
         if self.wandb and self.master:
             import wandb
