@@ -23,8 +23,9 @@ torch.distributed every rank calls save_checkpoint:
 A crash of any rank before the rename leaves only a .tmp_ folder, which loading ignores (and reports)
 and the next save of that step replaces. Re-saving an existing step moves the old folder to
 .old_<step> first, so the step is briefly absent but never half-written.
-Not covered: ranks that do not share one filesystem (multi-node without shared storage), and a
-filesystem that does not make rename atomic (some network filesystems).
+Not covered: ranks that do not share one filesystem (multi-node on node-local disks: the training
+stages refuse it at start-up, nanochat/stage.py), and a filesystem that does not make rename atomic
+(some network filesystems).
 
 Meta: a JSON-serialisable dict; build_model needs meta["model_config"] (the GPTConfig fields).
 

@@ -41,7 +41,7 @@ def test_node_local_disks_are_refused_clearly(tmp_path, tiny_tokenizer):
 
 
 def test_speedrun_builds_the_multi_node_launch(tmp_path):
-    """SPEEDRUN_TINY=1 bash speedrun.sh on node 0 and on node 1 of 2, in a copy of the script with a
+    """SPEEDRUN_TINY=1 bash speedrun.sh on one node, and on node 0 and node 1 of 2, in a copy of the script with a
     no-op virtual environment and torchrun, python and nvidia-smi that record their calls instead of
     running: the launch lines, and which node runs which stage."""
     tree = tmp_path / "tree"
@@ -55,24 +55,27 @@ def test_speedrun_builds_the_multi_node_launch(tmp_path):
     for name in ("torchrun", "python"):
         (bin_dir / name).write_text(f'#!/bin/sh\necho "{name} $*" >> "$CALLS"\n')
         (bin_dir / name).chmod(0o755)
-    for node in (0, 1):
-        calls = tmp_path / f"calls{node}.log"
+    for nnodes, node in ((1, 0), (2, 0), (2, 1)):
+        calls = tmp_path / f"calls{nnodes}{node}.log"
         env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", CALLS=str(calls), SPEEDRUN_TINY="1",
-                   NANOCHAT_BASE_DIR=str(tmp_path / "base"), NANOCHAT_DATA_DIR=str(tmp_path / "data"), NNODES="2",
-                   NODE_RANK=str(node), MASTER_ADDR="10.0.0.5", MASTER_PORT="29555", NPROC_PER_NODE="4", RUN_RL="0")
+                   NANOCHAT_BASE_DIR=str(tmp_path / f"base{nnodes}"), NANOCHAT_DATA_DIR=str(tmp_path / "data"),
+                   NNODES=str(nnodes), NODE_RANK=str(node), MASTER_ADDR="10.0.0.5", MASTER_PORT="29555",
+                   NPROC_PER_NODE="4", RUN_RL="0")
         out = subprocess.run(["bash", str(tree / "speedrun.sh")], cwd=tmp_path, env=env, capture_output=True,
                              text=True, timeout=120)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         lines = calls.read_text().splitlines()
         launches = [c for c in lines if c.startswith("torchrun")]
         assert len(launches) == 7, launches  # base_train, base_loss, base_eval, mid, its eval, sft, its eval
-        assert all(c.startswith(f"torchrun --nnodes=2 --node-rank={node} --nproc-per-node=4 --rdzv-backend=c10d "
-                                f"--rdzv-endpoint=10.0.0.5:29555 ") for c in launches), launches
+        launch = ("torchrun --standalone --nproc_per_node=4 " if nnodes == 1 else
+                  f"torchrun --nnodes=2 --node-rank={node} --nproc-per-node=4 --rdzv-backend=c10d "
+                  f"--rdzv-endpoint=10.0.0.5:29555 ")
+        assert all(c.startswith(launch) for c in launches), launches
         singles = [c.split()[2] for c in lines if c.startswith("python -m")]
         if node == 0:  # node 0 runs the single-process stages on the shared filesystem, and the report
             assert singles == ["nanochat.report", "scripts.tok_train", "scripts.tok_eval", "nanochat.report"], singles
         else:
             assert singles == [] and "node 0 writes the report" in out.stdout, lines
     # each node keeps its own stage markers; only node 0's are in the usual place
-    assert os.path.isfile(tmp_path / "base" / "speedrun" / "base_train.done")
-    assert os.path.isfile(tmp_path / "base" / "speedrun" / "node1" / "base_train.done")
+    assert os.path.isfile(tmp_path / "base2" / "speedrun" / "base_train.done")
+    assert os.path.isfile(tmp_path / "base2" / "speedrun" / "node1" / "base_train.done")

@@ -103,12 +103,15 @@ def test_resume_with_another_micro_batch_or_model_is_refused(envs):
     saved = os.path.join(env["NANOCHAT_BASE_DIR"], SOURCE_DIRS["base"], "base_one")
     if not os.path.isdir(saved):
         launch("scripts.base_train", env, [*BASE_FLAGS, "--model-tag=base_one"])
-    for tag, flags, message in [
-        ("other_batch", ["--device-batch-size=4"], "streams=2, now streams=1"),
-        ("other_model", ["--aspect-ratio=64"], "model config"),
-    ]:
+    cases = [("other_batch", ["--device-batch-size=4"], "streams=2, now streams=1"),
+             ("other_model", ["--aspect-ratio=64"], "model config")]
+    procs = []
+    for tag, flags, _ in cases:  # both at once: each is mostly start-up
         shutil.copytree(saved, os.path.join(env["NANOCHAT_BASE_DIR"], SOURCE_DIRS["base"], tag))
-        out = subprocess.run([sys.executable, "-m", "scripts.base_train", *BASE_FLAGS, *flags, f"--model-tag={tag}",
-                              "--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-        assert out.returncode != 0 and message in out.stderr, out.stderr[-2000:]
-        assert "Traceback" not in out.stderr, out.stderr[-2000:]
+        procs.append(subprocess.Popen([sys.executable, "-m", "scripts.base_train", *BASE_FLAGS, *flags,
+                                       f"--model-tag={tag}", "--resume"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE, text=True))
+    for proc, (_, _, message) in zip(procs, cases):
+        _, stderr = proc.communicate(timeout=600)
+        assert proc.returncode != 0 and message in stderr, stderr[-2000:]
+        assert "Traceback" not in stderr, stderr[-2000:]
