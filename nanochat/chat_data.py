@@ -63,7 +63,7 @@ import torch.distributed as dist
 from nanochat.common import get_rank, get_world_size, print0, setup_logging
 from nanochat.dataloader import check_resume, pack_bos_bestfit, stream_ids
 
-DEFAULT_POOL_SIZE = 256  # conversations per packing pool (per rank)
+DEFAULT_POOL_SIZE = 256  # conversations per packing pool (per stream)
 
 
 def render_row(tokenizer, conversation, max_tokens):

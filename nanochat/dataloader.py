@@ -47,6 +47,9 @@ batch), another split listing (shard names, rows, row groups: the data changed) 
 states saved by the older, per-rank layout. Shard indices count the split's shards (see
 nanochat.dataset.split_files).
 
+Evaluation batches (load_eval_batches) are the first batches of the split read as one stream, dealt
+to the ranks in turn: the same tokens at every world size and gradient accumulation.
+
 After the split's last row group a new epoch begins, from the first row group again, and a log line
 says so (each stream crosses it on its own). NOT covered: a resumed run must see the same shard
 files (checked by their listing, not their contents) and the same tokenizer.
@@ -214,34 +217,31 @@ def tokenizing_distributed_data_loader_with_state(tokenizer, B, T, split, packin
     return batches()
 
 
-def load_eval_batches(tokenizer, B, T, split, max_batches, packing=DEFAULT_PACKING, device="cpu", micro_steps=1):
-    """Up to max_batches (inputs, targets) batches of each of this rank's streams of `split` (as the
-    training loader deals them, one pass), tokenized once and kept, so that every evaluation of a run
-    scores the same tokens without re-reading the shards, and the same ones at every world size with
-    the same streams. Each token is read at most once: when a stream holds fewer batches than asked,
-    its batches of one pass are taken and a log line says so. Returns (batches, whether cut short)."""
-    mine = stream_ids(micro_steps)
-    num_streams = micro_steps * get_world_size()
+def load_eval_batches(tokenizer, B, T, split, max_batches, packing=DEFAULT_PACKING, device="cpu"):
+    """This rank's share of the first max_batches x world size batches of `split` read as one stream
+    (its row groups in order, one pass): batches rank, rank + W, ... (W ranks). Tokenized once and
+    kept, so that every evaluation of a run scores the same tokens without re-reading the shards; the
+    same tokens at every world size and number of micro-steps (every rank reads the prefix, keeps its
+    share). Each token is read at most once: when the split holds fewer batches than asked, those of
+    one pass are taken and a log line says so. Returns (batches, whether the split was cut short)."""
+    rank, world_size = get_rank(), get_world_size()
     paths, groups, _ = _row_groups(split)
     pack = pack_bos_bestfit if packing == "bos" else pack_concat
+    rows = _stream_rows(tokenizer, paths, groups, 0, 1, T, pack, tokenizer.get_bos_token_id(), None, 0, 0, split,
+                        one_pass=True)
     batches, short = [], False
-    for j in mine:
-        rows = _stream_rows(tokenizer, paths, groups, j, num_streams, T, pack, tokenizer.get_bos_token_id(), None, j, 0,
-                            split, one_pass=True)
-        taken = 0
-        while taken < max_batches:
-            batch = list(itertools.islice(rows, B))
-            if len(batch) < B:
-                short = True
-                break
+    for i in range(max_batches * world_size):
+        batch = list(itertools.islice(rows, B))
+        if len(batch) < B:
+            short = True
+            break
+        if i % world_size == rank:
             batches.append(_to_device(torch.tensor([row for row, _ in batch], dtype=torch.long), device))
-            taken += 1
     if short:
         setup_logging().info(f"the {split} split holds {len(batches)} batch(es) of {B} x {T} tokens on rank "
-                             f"{get_rank()}, fewer than the {max_batches * len(mine)} asked for: evaluating on those, "
-                             f"each token once")
+                             f"{rank}, fewer than the {max_batches} asked for: evaluating on those, each token once")
     if not batches:
-        raise ValueError(f"the {split} split holds less than one batch of {B} x {T} tokens for rank {get_rank()}; "
+        raise ValueError(f"the {split} split holds less than one batch of {B} x {T} tokens for rank {rank}; "
                          f"lower the batch size or the sequence length, or add data")
     return batches, short
 

@@ -172,8 +172,7 @@ try:  # a resume position of other data or of another number of micro-batches pe
         tokenizer, args.device_batch_size, args.max_seq_len, "train", packing=args.packing, device=device,
         resume_state=loader_state, micro_steps=grad_accum_steps)
     val_batches, _ = load_eval_batches(tokenizer, args.device_batch_size, args.max_seq_len, "val",
-                                       max(1, eval_tokens // (tokens_per_micro_step * grad_accum_steps)),
-                                       packing=args.packing, device=device, micro_steps=grad_accum_steps)
+                                       max(1, eval_tokens // tokens_per_micro_step), packing=args.packing, device=device)
 except ValueError as e:
     run.fail(e)
 print0(f"validation: {len(val_batches) * tokens_per_micro_step:,} tokens per evaluation (asked for {eval_tokens:,})")

@@ -296,3 +296,16 @@ def test_a_split_shorter_than_one_row_is_an_error_not_a_hang(corpus, tiny_tokeni
     loader = dataloader.tokenizing_distributed_data_loader(tiny_tokenizer, 1, 100_000, "train", packing=packing)
     with pytest.raises(ValueError, match="fewer than 100001 tokens"):
         next(loader)
+
+
+def test_eval_batches_are_the_same_tokens_at_every_world_size(corpus, tiny_tokenizer, monkeypatch):
+    # 4 batches on 1 rank == batches 0, 2 on rank 0 and 1, 3 on rank 1 of 2: base_loss and a base_train
+    # of any world size and gradient accumulation score the same tokens
+    whole, _ = dataloader.load_eval_batches(tiny_tokenizer, 1, 8, "train", 4, packing="concat")
+    shares = []
+    for rank in (0, 1):
+        set_rank(monkeypatch, rank, 2)
+        shares.append(dataloader.load_eval_batches(tiny_tokenizer, 1, 8, "train", 2, packing="concat")[0])
+    assert len(whole) == 4 and [len(share) for share in shares] == [2, 2]
+    for i, (inputs, targets) in enumerate(whole):
+        assert torch.equal(inputs, shares[i % 2][i // 2][0]) and torch.equal(targets, shares[i % 2][i // 2][1])
