@@ -178,7 +178,7 @@ class AdamW(torch.optim.Optimizer):
                     everyone = shard.new_empty(chunk * world)
                     dist.all_gather_into_tensor(everyone, mine)
                     shard = everyone[: p.numel()]
-                state[key] = shard.view(p.shape).cpu().clone()
+                state[key] = shard.view(p.shape).cpu().clone() if rank == 0 else None  # host memory: rank 0 only
             state["step"] = state["step"].cpu().clone()
             full[i] = state
         return dict(sd, state=full) if rank == 0 else None
@@ -363,7 +363,7 @@ class Muon(torch.optim.Optimizer):
                 everyone = ps[0].new_empty((k * world, *ps[0].shape))
                 dist.all_gather_into_tensor(everyone, mine)
                 bufs = list(everyone[: len(ps)].unbind(0))
-            for p, buf in zip(ps, bufs):
+            for p, buf in zip(ps, bufs) if rank == 0 else []:  # host memory: rank 0 only
                 full[index[id(p)]] = {"momentum_buffer": buf.cpu().clone()}
         return dict(sd, state=full) if rank == 0 else None
 
