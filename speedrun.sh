@@ -14,7 +14,9 @@
 # Environment
 #   NANOCHAT_BASE_DIR   artifacts: tokenizer, checkpoints, results, report (default ~/.cache/nanochat)
 #   NANOCHAT_DATA_DIR   an offline data mirror (README "Data, offline"): nothing is downloaded
-#   NPROC               processes per torchrun (default: every GPU nvidia-smi lists; 2 in tiny mode)
+#   NPROC               processes per node (default: every GPU nvidia-smi lists; 2 in tiny mode); NPROC_PER_NODE too
+#   NNODES, NODE_RANK   nodes of a multi-node run and this node's rank (default 1 and 0; README "Many nodes")
+#   MASTER_ADDR, MASTER_PORT   the rendezvous of a multi-node run: node 0's address, a free port (default 29500)
 #   WANDB_RUN           wandb run name (default "dummy": no wandb)
 #   RUN_RL              1 (default) runs RL on GSM8K and its eval; 0 skips them
 #   FORCE               1 redoes every stage
@@ -61,17 +63,34 @@ fi
 source .venv/bin/activate
 
 if [[ $TINY == 1 ]]; then
-    NPROC=${NPROC:-2}
+    NPROC=${NPROC:-${NPROC_PER_NODE:-2}}
     DEVICE=(--device-type=cpu)
 else
-    NPROC=${NPROC:-$(nvidia-smi -L 2>/dev/null | wc -l)}
+    NPROC=${NPROC:-${NPROC_PER_NODE:-$(nvidia-smi -L 2>/dev/null | wc -l)}}
     DEVICE=(--device-type=cuda)
     if [[ $NPROC -lt 1 ]]; then
         echo "speedrun: no GPU found (nvidia-smi -L lists none). Use runcpu.sh on a CPU machine, or SPEEDRUN_TINY=1." >&2
         exit 1
     fi
 fi
-TORCHRUN=(torchrun --standalone --nproc_per_node="$NPROC")
+# One node: torchrun --standalone. Several nodes (NNODES > 1): run this script on every node with the
+# same NNODES, MASTER_ADDR and MASTER_PORT and its own NODE_RANK (0 .. NNODES-1); torchrun's c10d
+# rendezvous at MASTER_ADDR:MASTER_PORT joins them (README "Many nodes"). NANOCHAT_BASE_DIR must be
+# on a filesystem every node mounts (the training stages refuse node-local disks, naming the node).
+NNODES=${NNODES:-1}
+NODE_RANK=${NODE_RANK:-0}
+if [[ $NNODES -gt 1 ]]; then
+    if [[ -z ${MASTER_ADDR:-} ]]; then
+        echo "speedrun: NNODES=$NNODES needs MASTER_ADDR (the address of node 0, reachable from every node)" >&2
+        exit 1
+    fi
+    # join_timeout: the other nodes wait at the first rendezvous while node 0 downloads and trains the tokenizer
+    TORCHRUN=(torchrun --nnodes="$NNODES" --node-rank="$NODE_RANK" --nproc-per-node="$NPROC" --rdzv-backend=c10d
+              --rdzv-endpoint="$MASTER_ADDR:${MASTER_PORT:-29500}" --rdzv-id="${RDZV_ID:-nanochat}"
+              --rdzv-conf=join_timeout="${RDZV_JOIN_TIMEOUT:-7200}")
+else
+    TORCHRUN=(torchrun --standalone --nproc_per_node="$NPROC")
+fi
 
 STAGE_LABEL=speedrun
 source scripts/stage.sh  # stage NAME OUTPUT COMMAND...: run it unless it already succeeded (see the top)
@@ -112,7 +131,7 @@ TAG=d$DEPTH  # the run folder of every training stage: base_checkpoints/$TAG, mi
 # -----------------------------------------------------------------------------
 # the report's clock and header (GPUs, commit, code size)
 
-stage report_reset "$NANOCHAT_BASE_DIR/report/header.json" python -m nanochat.report reset
+stage0 report_reset "$NANOCHAT_BASE_DIR/report/header.json" python -m nanochat.report reset
 
 # -----------------------------------------------------------------------------
 # pretraining data: the first shards now (the tokenizer needs ~2B characters), the rest in the
@@ -137,17 +156,19 @@ print(min(1823, math.ceil(chars / 250e6) + 1))  # + the validation shard; 1823 s
 EOF
 )
     echo "[speedrun] d$DEPTH needs $NUM_SHARDS shards (~100 MB each)"
-    stage data_first - python -m nanochat.dataset -n 8
-    python -m nanochat.dataset -n "$NUM_SHARDS" > "$NANOCHAT_BASE_DIR/speedrun/data_rest.log" 2>&1 &
-    DOWNLOAD_PID=$!
+    stage0 data_first - python -m nanochat.dataset -n 8
+    if [[ $NODE_RANK == 0 ]]; then
+        python -m nanochat.dataset -n "$NUM_SHARDS" > "$NANOCHAT_BASE_DIR/speedrun/data_rest.log" 2>&1 &
+        DOWNLOAD_PID=$!
+    fi
 fi
 
 # -----------------------------------------------------------------------------
 # tokenizer (~2 minutes, CPU): BPE on 2B characters; eval prints bytes/token vs GPT-2 and GPT-4
 # (look for ~4.6 bytes/token on the validation shard, close to GPT-4's on English text)
 
-stage tok_train "$NANOCHAT_BASE_DIR/tokenizer" python -m scripts.tok_train "${TOK[@]}"
-stage tok_eval - python -m scripts.tok_eval "${TOK_EVAL[@]}"
+stage0 tok_train "$NANOCHAT_BASE_DIR/tokenizer" python -m scripts.tok_train "${TOK[@]}"
+stage0 tok_eval - python -m scripts.tok_eval "${TOK_EVAL[@]}"
 
 # -----------------------------------------------------------------------------
 # base model (the bulk: ~3 hours on 8xH100, not measured here): d20 = width 1280, 477M parameters,
@@ -189,6 +210,10 @@ fi
 # -----------------------------------------------------------------------------
 # the report (always rewritten): report.md and report_files/ in <base dir>/report/ and where you ran this
 
+if [[ $NODE_RANK != 0 ]]; then
+    echo "[speedrun] node $NODE_RANK: finished; node 0 writes the report"
+    exit 0
+fi
 python -m nanochat.report generate --copy-to "$CALLER_DIR"
 echo
 echo "[speedrun] finished: report.md. Talk to the model:"

@@ -3,7 +3,9 @@ Saving and loading checkpoints: model weights, each rank's optimizer state, and 
 
 Layout of one checkpoint (step formatted as 6 digits, e.g. 000500):
     <checkpoint_dir>/<step>/model_<step>.pt            model state_dict (rank 0)
-                           /optim_<step>_rank<r>.pt    optimizer state of rank r (a list, one per optimizer)
+                           /optim_<step>.pt            optimizer state of a training state, whole: the same
+                                                       at every world size (a list, one per optimizer)
+                           /optim_<step>_rank<r>.pt    or: optimizer state of rank r (save_checkpoint's default)
                            /meta_<step>.json           model_config, run args, loop and data-loader state
 Checkpoints of a pipeline stage live under get_base_dir()/<stage folder>/<model_tag>/, with stage
 folders base_checkpoints, mid_checkpoints, chat_checkpoints, rl_checkpoints and model tags
@@ -16,15 +18,25 @@ step is always complete, and a crash at any moment leaves the previous steps unt
 torch.distributed every rank calls save_checkpoint:
     rank 0 clears a leftover .tmp_<step> and creates it      -> barrier
     every rank writes (and fsyncs) its optimizer shard        -> barrier
+      (a training state: rank 0 writes the gathered whole)
     rank 0 writes model + meta, fsyncs, renames the folder    -> barrier (nobody reads it earlier)
 A crash of any rank before the rename leaves only a .tmp_ folder, which loading ignores (and reports)
 and the next save of that step replaces. Re-saving an existing step moves the old folder to
 .old_<step> first, so the step is briefly absent but never half-written.
-Not covered: ranks that do not share one filesystem (multi-node without shared storage), and a
-filesystem that does not make rename atomic (some network filesystems).
+Not covered: ranks that do not share one filesystem (multi-node on node-local disks: the training
+stages refuse it at start-up, nanochat/stage.py), and a filesystem that does not make rename atomic
+(some network filesystems).
 
 Meta: a JSON-serialisable dict; build_model needs meta["model_config"] (the GPTConfig fields).
-Optimizer state is sharded by rank (see nanochat/optim.py), so it only loads at the same world size.
+
+Resume at another world size (save_training_state / load_training_state). The optimizers keep their
+state sharded across ranks (nanochat/optim.py); a training state gathers it whole (as it would be at
+world size 1) into one file, and every rank of the resuming run reads (memory-mapped) and keeps its
+own part, whatever the world size. The data position is saved as every stream's position
+(nanochat/dataloader.py: the data order depends on the micro-batches per step, not on the ranks),
+so a run of 2 ranks resumes on 1 and one of 1 on 2, batch for batch. Refused with the reason: another
+model config, another number of micro-batches per step or other data (by the loaders), and training
+states of the older per-rank layout (meta "loader_states"), which no longer resume.
 
 Tests: tests/test_checkpoint.py (round trip, crash during a save, errors, load_model end to end).
 """
@@ -56,7 +68,10 @@ def _meta_path(step_dir, step):
     return os.path.join(step_dir, f"meta_{step:06d}.json")
 
 
-def _optim_path(step_dir, step, rank):
+def _optim_path(step_dir, step, rank=None):
+    """rank None: the world-size independent file of a training state; else rank's own shard."""
+    if rank is None:
+        return os.path.join(step_dir, f"optim_{step:06d}.pt")
     return os.path.join(step_dir, f"optim_{step:06d}_rank{rank}.pt")
 
 
@@ -133,11 +148,13 @@ def find_largest_model(checkpoints_root):
 # -----------------------------------------------------------------------------
 # save / load
 
-def save_checkpoint(checkpoint_dir, step, model_state, optimizer_states, meta, rank=0, keep_last=None):
+def save_checkpoint(checkpoint_dir, step, model_state, optimizer_states, meta, rank=0, keep_last=None, sharded=True):
     """Atomically save one step; returns the step folder. Under torch.distributed EVERY rank must call it.
 
     model_state: state_dict (used on rank 0 only; other ranks may pass None).
-    optimizer_states: this rank's optimizer state (e.g. [adamw.state_dict(), muon.state_dict()]), or None.
+    optimizer_states: this rank's optimizer state (e.g. [adamw.state_dict(), muon.state_dict()]), or None;
+        sharded=False: the whole run's, world-size independent (e.g. each optimizer's full_state_dict()),
+        passed on rank 0 only and written as one file, optim_<step>.pt.
     meta: JSON-serialisable dict (rank 0 only), with "model_config" for build_model.
     keep_last: if set, delete all but the newest keep_last complete steps after this one is published.
     An error on one rank (e.g. a meta that is not JSON on rank 0) leaves the others waiting at a
@@ -160,8 +177,8 @@ def save_checkpoint(checkpoint_dir, step, model_state, optimizer_states, meta, r
         os.makedirs(tmp_dir)
     if world > 1:
         dist.barrier()
-    if optimizer_states is not None:
-        _write(_optim_path(tmp_dir, step, rank), lambda f: torch.save(optimizer_states, f))
+    if optimizer_states is not None and (sharded or rank == 0):
+        _write(_optim_path(tmp_dir, step, rank if sharded else None), lambda f: torch.save(optimizer_states, f))
     if world > 1:
         dist.barrier()  # every shard is on disk before rank 0 publishes the folder
     if rank == 0:
@@ -186,9 +203,9 @@ def save_checkpoint(checkpoint_dir, step, model_state, optimizer_states, meta, r
     return step_dir
 
 
-def _load_torch(path, device, checkpoint_dir):
+def _load_torch(path, device, checkpoint_dir, mmap=False):
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        return torch.load(path, map_location=device, weights_only=True, mmap=mmap)
     except Exception as e:
         raise CheckpointError(f"cannot read checkpoint file {path} ({type(e).__name__}: {e}); it is corrupt or "
                               f"truncated. Complete steps in {checkpoint_dir}: {list_steps(checkpoint_dir)}; "
@@ -222,7 +239,10 @@ def load_checkpoint(checkpoint_dir, step=None, device="cpu", load_optimizer=Fals
     model_state = _load_torch(_model_path(step_dir, step), device, checkpoint_dir)
     meta = load_meta(checkpoint_dir, step)
     optimizer_state = None
-    if load_optimizer:
+    if load_optimizer and os.path.isfile(_optim_path(step_dir, step)):  # a training state: any world size
+        # memory-mapped: each rank reads only the parts of the state it keeps
+        optimizer_state = _load_torch(_optim_path(step_dir, step), "cpu", checkpoint_dir, mmap=True)
+    elif load_optimizer:
         optim_path = _optim_path(step_dir, step, rank)
         if not os.path.isfile(optim_path):
             shards = sorted(n for n in os.listdir(step_dir) if n.startswith("optim_"))
@@ -235,9 +255,25 @@ def load_checkpoint(checkpoint_dir, step=None, device="cpu", load_optimizer=Fals
 # -----------------------------------------------------------------------------
 # training state: what a stage needs to resume exactly
 
+def join_loader_states(states):
+    """The ranks' loader states -> the run's: one state if they agree (e.g. chat_rl's step count), else
+    their "positions" (stream -> position, nanochat/dataloader.py) joined into rank 0's state, whose
+    other keys describe the data and the streams alike on every rank."""
+    if all(state == states[0] for state in states):
+        return states[0]
+    assert all(isinstance(state, dict) and "positions" in state for state in states), (
+        f"the ranks' loader states differ and are not stream positions: {states}")
+    positions = {}
+    for state in states:
+        positions.update(state["positions"])
+    return dict(states[0], positions=dict(sorted(positions.items(), key=lambda item: int(item[0]))))
+
+
 def save_training_state(run_dir, step, model, optimizers, meta, loader_state):
-    """Save a resumable training step. EVERY rank calls it: each rank's loader state is gathered into
-    the meta (meta["loader_states"][r]), each rank writes its optimizer shard, rank 0 the weights.
+    """Save a resumable training step, in a layout that does not depend on the world size. EVERY rank
+    calls it: the ranks' loader states are joined into meta["data_state"] (join_loader_states), the
+    optimizer states gathered whole (full_state_dict, nanochat/optim.py); rank 0 writes the weights,
+    the optimizer file optim_<step>.pt and the meta.
 
     meta: JSON dict (used on rank 0) with at least "model_config"; "step" and "world_size" are added.
     loader_state: this rank's JSON-serialisable data position after the step (None if there is none).
@@ -250,37 +286,38 @@ def save_training_state(run_dir, step, model, optimizers, meta, loader_state):
         dist.all_gather_object(states, loader_state)
     else:
         states = [loader_state]
-    meta = dict(meta, step=step, loader_states=states, world_size=world)
+    meta = dict(meta, step=step, data_state=join_loader_states(states), world_size=world)
+    optimizer_states = [opt.full_state_dict() for opt in optimizers]  # a collective; None except on rank 0
     return save_checkpoint(run_dir, step, model.state_dict() if rank == 0 else None,
-                           [opt.state_dict() for opt in optimizers], meta, rank=rank)
+                           optimizer_states if rank == 0 else None, meta, rank=rank, sharded=False)
 
 
 def load_training_state(run_dir, model, optimizers, device, model_config):
-    """Load the latest complete step of run_dir into model and optimizers (in place) for --resume.
+    """Load the latest complete step of run_dir into model and optimizers (in place) for --resume, at
+    any world size: each rank keeps its part of the optimizer state (load_full_state_dict).
 
-    Returns (step, this rank's loader state, meta). model_config: the dict of the run's GPTConfig,
-    checked against the checkpoint's. Raises FileNotFoundError (nothing to resume) or CheckpointError
-    (another model, another world size, a corrupt file), each with a message that says what to do.
+    Returns (step, the run's data state (every stream's position: each loader takes its own), meta).
+    model_config: the dict of the run's GPTConfig, checked against the checkpoint's. Raises
+    FileNotFoundError (nothing to resume) or CheckpointError (another model, a checkpoint of the
+    older per-rank layout, a corrupt file), each with a message that says what to do.
     """
-    from nanochat.common import get_rank
-
-    rank, world = get_rank(), get_world_size()
     step = latest_step(run_dir)
-    model_state, optim_states, meta = load_checkpoint(run_dir, step, device=device, load_optimizer=True, rank=rank)
+    meta = load_meta(run_dir, step)
     if meta.get("model_config") != model_config:
         raise CheckpointError(f"the checkpoint in {run_dir} has model config {meta.get('model_config')}, but this run's "
                               f"is {model_config}; resume with the run's own flags (or another --model-tag)")
-    saved_world = len(meta.get("loader_states") or [None])
-    if saved_world != world:
-        raise CheckpointError(f"the checkpoint in {run_dir} was saved by {saved_world} rank(s); resume it with "
-                              f"the same number of ranks (now {world})")
+    if "data_state" not in meta:
+        raise CheckpointError(f"the checkpoint of step {step} in {run_dir} was written by an older nanochat "
+                              f"(optimizer state and data positions per rank, bound to its world size); this version "
+                              f"cannot resume it: start the stage again, or finish it with the commit that wrote it")
+    model_state, optim_states, _ = load_checkpoint(run_dir, step, device=device, load_optimizer=True)
     model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in model_state.items()})
     if len(optim_states) != len(optimizers):
         raise CheckpointError(f"the checkpoint in {run_dir} holds {len(optim_states)} optimizer states, "
                               f"this run has {len(optimizers)} optimizers")
     for opt, state in zip(optimizers, optim_states):
-        opt.load_state_dict(state)
-    return step, meta["loader_states"][rank], meta
+        opt.load_full_state_dict(state)
+    return step, meta["data_state"], meta
 
 
 # -----------------------------------------------------------------------------

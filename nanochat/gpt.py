@@ -223,6 +223,8 @@ class CausalSelfAttention(nn.Module):
         """The q, k, v weights concatenated, ((H + 2 Hkv) D, C), cached for inference and rebuilt
         when any of them changes in place; the parameters and state_dict keys stay as they are."""
         ws = (self.c_q.weight, self.c_k.weight, self.c_v.weight)
+        if torch.compiler.is_compiling():  # inside a compiled graph the concat is part of it; a cache key
+            return torch.cat(ws, dim=0)    # (the step count) would be a guard that recompiles after every step
         key = tuple((w.data_ptr(), w._version) for w in ws) + (steps_taken(),)  # see nanochat.optim.steps_taken
         if getattr(self, "_qkv_key", None) != key:
             self._qkv_weight, self._qkv_key = torch.cat([w.detach() for w in ws], dim=0), key

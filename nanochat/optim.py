@@ -23,7 +23,9 @@ as soon as its own gradients have arrived, and its all-gather overlaps the next 
 Backends: NCCL on CUDA, gloo on CPU. gloo in torch 2.15 supports reduce_scatter_tensor,
 all_gather_into_tensor and ReduceOp.AVG (checked with a 2-process probe), so there is no
 all-reduce fallback. All ranks must agree on which parameters have gradients (true when they run
-the same model); the optimizer state of a rank is only valid for the same world size.
+the same model). A rank's own state (state_dict) is only valid at its world size; full_state_dict()
+gathers the state as it would be at world size 1 (what checkpoints save) and load_full_state_dict()
+keeps this rank's part of it, at any world size: the re-sharding of a resume on fewer or more ranks.
 
 Numerics and speed: Newton-Schulz runs in bf16 on CUDA (tensor cores) and in float32 elsewhere: on
 the CPUs we develop on a bf16 matmul is ~35x slower than float32 (measured 712 ms vs 20 ms for one
@@ -156,6 +158,45 @@ class AdamW(torch.optim.Optimizer):
                 p.view(-1).copy_(everyone[: p.numel()])
         return loss
 
+    def full_state_dict(self):
+        """This optimizer's state_dict as it would be at world size 1, every state tensor whole and on
+        the CPU: the same at every world size (what a checkpoint saves). A collective: every rank
+        calls it; rank 0 gets the dict, the others None."""
+        sd, rank, world = self.state_dict(), get_rank(), get_world_size()
+        params = [p for group in self.param_groups for p in group["params"]]
+        full = {}
+        for i, p in enumerate(params):
+            if i not in sd["state"]:  # no state yet (never stepped): alike on every rank
+                continue
+            state = dict(sd["state"][i])  # a copy: the dict's tensors are the live state
+            for key in ("exp_avg", "exp_avg_sq"):
+                shard = state[key].reshape(-1)
+                if world > 1:
+                    chunk = -(-p.numel() // world)
+                    mine = shard.new_zeros(chunk)
+                    mine[: shard.numel()] = shard
+                    everyone = shard.new_empty(chunk * world)
+                    dist.all_gather_into_tensor(everyone, mine)
+                    shard = everyone[: p.numel()]
+                state[key] = shard.view(p.shape).cpu().clone() if rank == 0 else None  # host memory: rank 0 only
+            state["step"] = state["step"].cpu().clone()
+            full[i] = state
+        return dict(sd, state=full) if rank == 0 else None
+
+    def load_full_state_dict(self, sd):
+        """Load a full_state_dict (saved at any world size): this rank keeps its slice of each tensor."""
+        rank, world = get_rank(), get_world_size()
+        params = [p for group in self.param_groups for p in group["params"]]
+        local = {}
+        for i, state in sd["state"].items():
+            p, state = params[int(i)], dict(state)
+            for key in ("exp_avg", "exp_avg_sq"):
+                assert state[key].numel() == p.numel(), (
+                    f"AdamW state {key} of parameter {i} has {state[key].numel()} elements, the parameter {p.numel()}")
+                state[key] = self._shard(state[key].reshape(p.shape).contiguous(), rank, world).clone()
+            local[i] = state
+        self.load_state_dict(dict(sd, state=local))
+
     @staticmethod
     def _shard(p, rank, world):
         """This rank's part of p: p itself at world size 1, else a flat view of elements [lo, hi)."""
@@ -283,16 +324,61 @@ class Muon(torch.optim.Optimizer):
                     raise ValueError(f"Muon handles 2-D weight matrices only; got a parameter of shape "
                                      f"{tuple(p.shape)}: give it to AdamW instead")
 
-    def _buckets(self):
-        """[(group, [params of one shape])], in the same order on every rank."""
+    def _buckets(self, with_grad=True):
+        """[(group, [params of one shape])], in the same order on every rank; with_grad: only the
+        params that have a gradient (a step), else all (the owners of the state)."""
         buckets = []
         for group in self.param_groups:
             by_shape = {}
             for p in group["params"]:
-                if p.grad is not None:
+                if p.grad is not None or not with_grad:
                     by_shape.setdefault(tuple(p.shape), []).append(p)
             buckets.extend((group, ps) for ps in by_shape.values())
         return buckets
+
+    def _owned(self, ps, rank, world):
+        k = -(-len(ps) // world)
+        return ps[rank * k: (rank + 1) * k]
+
+    def full_state_dict(self):
+        """This optimizer's state_dict as it would be at world size 1 (every matrix's momentum buffer,
+        on the CPU): the same at every world size. A collective: every rank calls it; rank 0 gets the
+        dict, the others None. Assumes every matrix steps (the owners of a bucket are computed over
+        all its matrices)."""
+        sd, rank, world = self.state_dict(), get_rank(), get_world_size()
+        index = {id(p): i for i, p in enumerate(p for group in self.param_groups for p in group["params"])}
+        stepped = bool(self.state)
+        if world > 1:  # a rank that owns no matrix has no state even after a step
+            flag = torch.tensor([float(stepped)], device=self.param_groups[0]["params"][0].device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stepped = bool(flag.item())
+        full = {}
+        for _, ps in self._buckets(with_grad=False) if stepped else []:
+            owned = self._owned(ps, rank, world)
+            assert all("momentum_buffer" in self.state[p] for p in owned), "Muon: a matrix it owns never stepped"
+            bufs = [self.state[p]["momentum_buffer"] for p in owned]
+            if world > 1:
+                k = -(-len(ps) // world)
+                mine = torch.stack(bufs + [torch.zeros_like(ps[0])] * (k - len(owned)))
+                everyone = ps[0].new_empty((k * world, *ps[0].shape))
+                dist.all_gather_into_tensor(everyone, mine)
+                bufs = list(everyone[: len(ps)].unbind(0))
+            for p, buf in zip(ps, bufs) if rank == 0 else []:  # host memory: rank 0 only
+                full[index[id(p)]] = {"momentum_buffer": buf.cpu().clone()}
+        return dict(sd, state=full) if rank == 0 else None
+
+    def load_full_state_dict(self, sd):
+        """Load a full_state_dict (saved at any world size): this rank keeps the matrices it owns."""
+        rank, world = get_rank(), get_world_size()
+        index = {id(p): i for i, p in enumerate(p for group in self.param_groups for p in group["params"])}
+        local = {}
+        for _, ps in self._buckets(with_grad=False):
+            for p in self._owned(ps, rank, world):
+                i = index[id(p)]
+                if i in sd["state"]:
+                    assert sd["state"][i]["momentum_buffer"].shape == p.shape, f"Muon state {i} has another shape"
+                    local[i] = sd["state"][i]
+        self.load_state_dict(dict(sd, state=local))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -320,7 +406,7 @@ class Muon(torch.optim.Optimizer):
         gathers = []
         for (group, ps), (grads, work) in zip(buckets, received):
             k = -(-len(ps) // world)
-            owned = ps[rank * k: (rank + 1) * k]  # empty when a small bucket has no matrix for us
+            owned = self._owned(ps, rank, world)  # empty when a small bucket has no matrix for us
             if work is None:
                 grads = torch.stack([p.grad for p in ps])  # (k, R, C), a copy that the update may modify
             else:

@@ -24,8 +24,10 @@ batch-size search runs between setup_optimizers and start). Each fails with a cl
 What the runner owns: the flags of nanochat/flags.py's training groups and their checks; compute
 set-up and the dtype, which on --resume comes from the checkpoint's meta (the run goes on in the dtype
 it started in, so --dtype auto on another machine cannot change it); loading the source model;
-wandb; resume (weights, optimizer state, loop state and meter, the data position) and SIGTERM (every
-rank agrees in the step's own all-reduce, saves and exits 0); the eval and save cadences; the
+wandb; resume (weights, optimizer state, loop state and meter, the data position; at any world size
+that divides the run's micro-batches per step: nanochat/checkpoint_manager.py) and SIGTERM (every
+rank agrees in the step's own all-reduce, saves and exits 0); on several nodes, the check that every
+rank sees global rank 0's NANOCHAT_BASE_DIR (set_run_dir); the eval and save cadences; the
 progress line; summary.json, loss.svg and the results record (nanochat/runlog.py).
 
 The step boundary (run.steps): SIGTERM during the last step -> save and stop; else evaluate(step,
@@ -36,6 +38,7 @@ one more. step counts the optimizer steps done so far.
 import importlib.util
 import math
 import os
+import socket
 import sys
 import time
 from dataclasses import asdict
@@ -147,12 +150,44 @@ class Stage:
         checkpoint's meta is read now (the dtype and the loop state come from it)."""
         self.model_tag = model_tag
         self.run_dir = os.path.join(get_base_dir(), SOURCE_DIRS[stage_source], model_tag)
+        self.check_shared_base_dir()
         if self.args.resume:
             try:
                 self.resume_meta = load_meta(self.run_dir)
             except (FileNotFoundError, CheckpointError) as e:  # nothing to resume / a corrupt file
                 self.fail(f"--resume: {e}")
         return self.run_dir
+
+    def check_shared_base_dir(self):
+        """On several nodes, every rank must see global rank 0's NANOCHAT_BASE_DIR: rank 0 alone writes
+        the checkpoints, logs and results, and every rank reads the source model, a --resume and the
+        tokenizer from there. Node-local disks are refused here, with the nodes that do not see it."""
+        if self.world_size == 1 or int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size)) == self.world_size:
+            return  # one node: one filesystem
+        token = [f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}" if self.master else None]
+        dist.broadcast_object_list(token)
+        probe = os.path.join(get_base_dir(), f".shared_probe_{token[0].replace(':', '_')}")
+        if self.master:
+            with open(probe, "w") as f:
+                f.write(token[0])
+        dist.barrier()
+        try:
+            with open(probe) as f:
+                seen = f.read() == token[0]
+        except OSError:
+            seen = False
+        views = [None] * self.world_size
+        dist.all_gather_object(views, (self.rank, socket.gethostname(), os.environ.get("GROUP_RANK"), seen))
+        dist.barrier()
+        if self.master:
+            os.remove(probe)
+        blind = sorted({(node, host) for _, host, node, ok in views if not ok})
+        if blind:
+            self.fail(f"the nodes {', '.join(f'{n} ({h})' for n, h in blind)} do not see NANOCHAT_BASE_DIR={get_base_dir()} "
+                      f"of global rank 0 (it wrote {probe}; they cannot read it). Global rank 0 alone writes "
+                      f"checkpoints, logs and results, and every rank reads the tokenizer, the source model and a "
+                      f"--resume from there: put NANOCHAT_BASE_DIR on a filesystem that every node mounts (NFS, "
+                      f"Lustre, ...) at the same path")
 
     def pick_dtype(self):
         """(dtype, autocast context). --dtype auto is decided once (rank 0's measurement, sent to every
@@ -295,7 +330,8 @@ class Stage:
         stage's own values, saved in every checkpoint), the meter, --resume (weights, optimizers,
         loop, meter), wandb, log.jsonl and the SIGTERM flag. plan: make_plan's tokens, mfu,
         flops_per_token, note where tokens_per_step x steps is not the stage's count.
-        Returns this rank's data position to start from (None: the start)."""
+        Returns the run's data position to start from (every stream's; each loader takes its own
+        streams'), None: the start."""
         plan = dict(dict(tokens=(tokens_per_step or 0) * (num_iterations or 0)), **(plan or {}))
         if time_budget_s is not None:
             plan["note"] = "the horizon is a time budget: tokens and steps are not known in advance"
@@ -322,7 +358,9 @@ class Stage:
                 self.fail(f"--resume: {e}")
             self.loop = meta["loop_state"]
             self.meter.load_state_dict(self.loop.pop("meter"))
-            print0(f"resumed from {self.run_dir} at step {self.step}")
+            saved_world = meta.get("world_size", self.world_size)
+            print0(f"resumed from {self.run_dir} at step {self.step}"
+                   + (f" (saved by {saved_world} ranks, now {self.world_size})" if saved_world != self.world_size else ""))
         self.wandb_run = None
         if self.wandb and self.master:
             import wandb

@@ -173,10 +173,10 @@ print0(f"batch: {total_batch:,} tokens/step = {args.device_batch_size} rows x {a
 
 loader_state = run.start(dict(val_bpb=None, min_val_bpb=None, evals_done_at_min=[]), total_batch, flops_per_token,
                          num_iterations, time_budget_s)
-train_loader = tokenizing_distributed_data_loader_with_state(
-    tokenizer, args.device_batch_size, args.max_seq_len, "train", packing=args.packing, device=device,
-    resume_state=loader_state)
-try:
+try:  # a resume position of other data or of another number of micro-batches per step: refused
+    train_loader = tokenizing_distributed_data_loader_with_state(
+        tokenizer, args.device_batch_size, args.max_seq_len, "train", packing=args.packing, device=device,
+        resume_state=loader_state, micro_steps=grad_accum_steps)
     val_batches, _ = load_eval_batches(tokenizer, args.device_batch_size, args.max_seq_len, "val",
                                        max(1, eval_tokens // tokens_per_micro_step), packing=args.packing, device=device)
 except ValueError as e:

@@ -38,11 +38,12 @@ continues from the run's latest checkpoint exactly; SIGTERM finishes the step, s
 """
 
 import argparse
+import math
 import time
 
 import torch
 
-from nanochat.chat_data import chat_loaders, masked_loss_step
+from nanochat.chat_data import MIN_BUCKET, chat_loaders, masked_loss_step
 from nanochat.common import print0
 from nanochat.flags import add_batch_flags, add_compile_flag, add_compute_flags, add_eval_items_flag, \
     add_optimizer_flags, add_run_flags, add_source_flags, optional_int, renamed
@@ -54,7 +55,7 @@ from tasks.registry import CHAT_MIXTURES, EVAL_TASKS, chat_mixture, load_eval_ta
 MIXTURE = CHAT_MIXTURES["sft"]
 parser = argparse.ArgumentParser(description="Supervised fine-tuning on conversations.")
 add_compute_flags(parser)
-add_compile_flag(parser, default=False, why="off: the padded width changes from batch to batch")
+add_compile_flag(parser, default=False, why="off: padded widths vary; with it they are bucketed to powers of two")
 add_source_flags(parser, ("mid", "base"), default="mid", help_tag="model tag to start from, also the run folder name "
                                                                   "(default: the largest d<N>)")
 add_run_flags(parser, horizon="one epoch of the mixture", eval_every=100, seed_help="seed of the mixture's order")
@@ -137,11 +138,15 @@ print0(f"rows of at most {T} tokens | batch: {total_batch} conversations/step = 
 loader_state = run.start(dict(val_loss=None, val_bpb=None, min_val_loss=None, min_val_bpb=None, metrics={}), None, flops_per_token,
                          num_iterations, plan=dict(tokens=num_iterations * total_batch * T,
                                                    note=f"tokens: rows of at most {T}, an upper bound"))  # tokens vary
-if args.compile:
-    model = torch.compile(model, dynamic=True)
+if args.compile:  # static shapes: the padded widths are bucketed (nanochat/chat_data.py bucket_width), each compiled once
+    num_buckets = math.ceil(math.log2(max(T, MIN_BUCKET) / MIN_BUCKET)) + 1
+    # training and evaluation (no_grad) of every bucket: each a graph of the one forward
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * num_buckets)
+    model = torch.compile(model, dynamic=False)
 try:  # padded rows (CHAT_MIXTURES["sft"])
     train_loader, val_batches = chat_loaders(MIXTURE["rows"], tokenizer, train_task, val_task, args.device_batch_size, T,
-                                             max(1, eval_rows // rows_per_micro_step), device, loader_state, args.seed)
+                                             max(1, eval_rows // (rows_per_micro_step * grad_accum_steps)), device, loader_state,
+                                             args.seed, micro_steps=grad_accum_steps, bucket=bool(args.compile))
 except ValueError as e:  # too little data for one batch, or a resume position of another mixture
     run.fail(e)
 

@@ -126,7 +126,8 @@ loader_state = run.start(dict(val_bpb=None, val_loss=None, min_val_bpb=None, min
                          num_iterations)
 try:  # packed rows (CHAT_MIXTURES["mid"])
     train_loader, val_batches = chat_loaders(MIXTURE["rows"], tokenizer, train_task, val_task, args.device_batch_size, T,
-                                             max(1, eval_tokens // tokens_per_micro_step), device, loader_state, args.seed)
+                                             max(1, eval_tokens // (tokens_per_micro_step * grad_accum_steps)), device, loader_state,
+                                             args.seed, micro_steps=grad_accum_steps)
 except ValueError as e:  # too little data for one batch, or a resume position of another mixture
     run.fail(e)
 

@@ -10,8 +10,9 @@ and the tiny tokenizer, both made here (no data mirror, no network), on CPU:
   - bad flags and missing inputs give a clear message and a non-zero exit.
 
 The corpus is built so that every row group holds between B*(T+1) and (B+1)*(T+1) tokens: with
-concat packing each row group then gives exactly B rows, one micro-batch, so one process reading
-row groups 0, 1 (gradient accumulation 2) sees the same data as ranks 0 and 1 reading one each.
+concat packing each row group then gives exactly B rows, one micro-batch. (Since the data order is
+world-size independent, nanochat/dataloader.py, 2 ranks and 1 process with 2 micro-steps see the
+same batches on any corpus; tests/test_resume_world_size.py uses one without this property.)
 
     uv run pytest tests/test_base_train.py -q
 """
@@ -194,8 +195,7 @@ def test_evaluation_reads_each_val_token_at_most_once(env):
     out = run_train(env, "--num-iterations=2", "--eval-every=1", "--eval-tokens=1000000", "--model-tag=evalonce")
     assert "fewer than the" in out.stdout + out.stderr
     assert f"validation: {2 * B * T:,} tokens per evaluation" in out.stdout
-    assert "starting epoch 2" in out.stdout + out.stderr  # the one-pass read stopped at the split's end ...
-    assert (out.stdout + out.stderr).count("starting epoch 2") == 1  # ... once, not at every evaluation
+    assert "starting epoch" not in out.stdout + out.stderr  # the one-pass read stops at the split's end
 
 
 RESUME_FLAGS = ["--num-iterations=150", "--save-every=10", "--eval-every=50"]

@@ -6,7 +6,8 @@ Tests of nanochat/chat_data.py against a reference renderer written in the test 
   - exact resume of both loaders, across epoch boundaries;
   - truncation of an over-long conversation (SFT) and a row with no trained target;
   - validation reads each item at most once and says when it is short;
-  - each epoch's items are split over ranks by position (i % world_size);
+  - the batches of a step do not depend on the world size (1 x 4, 2 x 2, 4 x 1 micro-batches), and a
+    state saved at one world size resumes at another;
   - the validation loss and bpb against a naive recompute.
 Run: uv run pytest tests/test_chat_data.py -q
 """
@@ -18,8 +19,10 @@ import pytest
 import torch
 
 from chat_stage_fixtures import reference_render, write_mirror
-from nanochat.chat_data import epoch_order, load_val_batches, mid_data_loader_with_state, \
-    rank_share, sft_data_loader_with_state
+import nanochat.chat_data as chat_data
+import nanochat.dataloader as dataloader
+from nanochat.chat_data import epoch_order, load_val_batches, mid_data_loader_with_state, sft_data_loader_with_state
+from nanochat.checkpoint_manager import join_loader_states
 from nanochat.gpt import GPT, GPTConfig
 from nanochat.loss_eval import evaluate_loss_bpb
 from tasks.arc import ARC
@@ -266,13 +269,67 @@ def test_chat_loss_and_bpb_match_a_naive_recompute(components, tiny_tokenizer):
 # -----------------------------------------------------------------------------
 # ranks (the loaders end to end under torchrun: tests/test_chat_sft.py, 2 ranks == 1 process)
 
-def test_rank_shares_partition_each_epoch():
-    for num_items, world_size in ((10, 2), (11, 3), (7, 1)):
-        for epoch in (1, 2):
-            order = epoch_order(num_items, epoch, seed=4)
-            shares = [rank_share(num_items, epoch, 4, r, world_size) for r in range(world_size)]
-            assert sorted(i for share in shares for i in share) == list(range(num_items))
-            for r, share in enumerate(shares):  # position i of the epoch's order goes to rank i % world_size
-                assert share == [order[i] for i in range(num_items) if i % world_size == r]
+def set_rank(monkeypatch, rank, world_size):
+    for module in (chat_data, dataloader):
+        monkeypatch.setattr(module, "get_rank", lambda: rank)
+        monkeypatch.setattr(module, "get_world_size", lambda: world_size)
+
+
+def steps_of(make, world_size, micro_steps, num_steps, monkeypatch):
+    """[(the step's batches in stream order, each rank's state after the step)] of num_steps steps."""
+    loaders = []
+    for rank in range(world_size):
+        set_rank(monkeypatch, rank, world_size)
+        loaders.append(make(micro_steps))
+    steps = []
+    for _ in range(num_steps):
+        by_stream, states = {}, []
+        for rank, loader in enumerate(loaders):
+            set_rank(monkeypatch, rank, world_size)
+            for m in range(micro_steps):
+                inputs, targets, state = next(loader)
+                by_stream[m * world_size + rank] = (inputs, targets)
+            states.append(state)
+        steps.append(([by_stream[j] for j in sorted(by_stream)], states))
+    return steps
+
+
+def same_steps(a, b):
+    return len(a) == len(b) and all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1])
+                                    for (sa, _), (sb, _) in zip(a, b) for x, y in zip(sa, sb))
+
+
+@pytest.mark.parametrize("kind", ["mid", "sft"])
+def test_the_data_order_does_not_depend_on_the_world_size(components, tiny_tokenizer, kind, monkeypatch):
+    """4 micro-batches per step as 1 rank x 4, 2 x 2 and 4 x 1: the same batches in every step, across
+    epochs; saved at one world size, resumed at another: the batches that follow."""
+    task = TaskMixture([components["chat"], components["arc"], components["gsm8k"]], seed=0)  # 44 items
+
+    def loader(resume_state=None):
+        if kind == "mid":
+            return lambda micro_steps: mid_data_loader_with_state(tiny_tokenizer, task, 2, 32, seed=5, pool_size=4,
+                                                                  micro_steps=micro_steps, resume_state=resume_state)
+        return lambda micro_steps: sft_data_loader_with_state(tiny_tokenizer, task, 3, 32, seed=5,
+                                                              micro_steps=micro_steps, resume_state=resume_state)
+
+    n = 12
+    whole = steps_of(loader(), 1, 4, n, monkeypatch)
+    epochs = [position["epoch"] for position in whole[-1][1][0]["positions"].values()]
+    assert max(epochs) >= 2, f"the test must cross an epoch boundary: {epochs}"
+    for world_size in (2, 4):
+        assert same_steps(steps_of(loader(), world_size, 4 // world_size, n, monkeypatch), whole)
+    for saved_world, resumed_world, cut in ((2, 1, 3), (1, 2, 7), (4, 2, 10)):
+        before = steps_of(loader(), saved_world, 4 // saved_world, cut, monkeypatch)
+        state = join_loader_states(before[-1][1])
+        assert state == join_loader_states(whole[cut - 1][1])
+        after = steps_of(loader(state), resumed_world, 4 // resumed_world, n - cut, monkeypatch)
+        assert same_steps(after, whole[cut:]), f"{saved_world} -> {resumed_world} ranks after step {cut}"
+    set_rank(monkeypatch, 0, 1)
+    with pytest.raises(ValueError, match="streams=4, now streams=2"):  # another --device-batch-size
+        loader(join_loader_states(whole[0][1]))(2)
+
+
+def test_epoch_orders():
+    assert sorted(epoch_order(50, 1, 4)) == list(range(50))
     assert epoch_order(50, 1, 4) != epoch_order(50, 2, 4)  # a fresh order each epoch
     assert epoch_order(50, 1, 4) == epoch_order(50, 1, 4)

@@ -1,8 +1,10 @@
 """
 Tests of nanochat/checkpoint_manager.py: round trip, latest step, keep-last, atomicity (a save that
 raises, and a process killed in the middle of a save), clear errors, and load_model end to end with a
-tiny GPT and a tiny tokenizer under NANOCHAT_BASE_DIR. The multi-rank save (each rank its optimizer
-shard) is exercised by the torchrun test in tests/test_optim.py.
+tiny GPT and a tiny tokenizer under NANOCHAT_BASE_DIR, the training state (one optimizer file, the
+older per-rank layout refused). The multi-rank save (each rank its optimizer shard) is exercised by
+the torchrun test in tests/test_optim.py, the training state at other world sizes by
+tests/test_resume_world_size.py.
 
     uv run pytest tests/test_checkpoint.py
 """
@@ -244,3 +246,37 @@ def test_load_model_end_to_end(tmp_path, monkeypatch, tiny_tokenizer):
     save_checkpoint(str(tmp_path / "base_checkpoints" / "d2"), 6, small.state_dict(), None, {"step": 6})
     with pytest.raises(CheckpointError, match="model_config"):
         load_model("base", "cpu", "eval", model_tag="d2")
+
+
+def test_training_state_round_trip_and_older_layout_refused(tmp_path):
+    """save_training_state writes one world-size independent optimizer file (at world size 1 the full
+    state is the optimizers' own state_dict); load_training_state restores model and optimizers so
+    that the next step is bitwise the uninterrupted one's; a state of the older per-rank layout is
+    refused with what to do."""
+    from nanochat.checkpoint_manager import load_training_state, save_training_state
+
+    model, config = tiny_gpt()
+    optimizers = trained_state(model)
+    for opt in optimizers:
+        assert_same_state(opt.full_state_dict(), opt.state_dict())
+    run = str(tmp_path / "run")
+    data_state = {"positions": {"0": {"k": 3, "rows": 1}}, "streams": 1}
+    save_training_state(run, 2, model, optimizers, meta_for(config, 2), data_state)
+    assert sorted(os.listdir(os.path.join(run, "000002"))) == ["meta_000002.json", "model_000002.pt", "optim_000002.pt"]
+    fresh, _ = tiny_gpt(seed=1)
+    fresh_optimizers = fresh.setup_optimizers()
+    step, state, meta = load_training_state(run, fresh, fresh_optimizers, "cpu", config.__dict__)
+    assert step == 2 and state == data_state and meta["world_size"] == 1
+    x = torch.randint(0, config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(3))
+    for m, opts in ((model, optimizers), (fresh, fresh_optimizers)):
+        m(x[:, :-1].contiguous(), x[:, 1:].contiguous()).backward()
+        for opt in opts:
+            opt.step()
+    assert_same_state(fresh.state_dict(), model.state_dict())
+    with pytest.raises(CheckpointError, match="model config"):
+        load_training_state(run, fresh, fresh_optimizers, "cpu", dict(config.__dict__, n_embd=32))
+    old = str(tmp_path / "old")  # the older layout: per-rank optimizer files and per-rank loader states
+    save_checkpoint(old, 4, model.state_dict(), [o.state_dict() for o in optimizers],
+                    dict(meta_for(config, 4), loader_states=[{"epoch": 1, "shard": 0, "row_group": 0, "rows": 2}]))
+    with pytest.raises(CheckpointError, match="older nanochat.*start the stage again"):
+        load_training_state(old, fresh, fresh_optimizers, "cpu", config.__dict__)

@@ -5,7 +5,9 @@ Each expectation is recomputed from the documents themselves, encoded one at a t
 Tokenizer.encode (the loader uses the threaded batch encoder): the concat rows are the documents'
 token stream cut into rows; BOS rows are whole documents, each starting with <|bos|>, only the last
 one of a row cropped, no document used twice. Two ranks are simulated by setting the rank and world
-size the loader sees (the row-group striding of nanochat.dataset), without a process group.
+size the loader sees (the row-group striding of nanochat.dataset), without a process group; so are
+several ranks with micro-steps, whose streams must give the same batches at every world size and
+resume at another one.
 
     uv run pytest tests/test_dataloader.py -q
 """
@@ -18,6 +20,7 @@ import pytest
 import torch
 
 import nanochat.dataloader as dataloader
+from nanochat.checkpoint_manager import join_loader_states
 from nanochat.dataloader import pack_bos_bestfit, tokenizing_distributed_data_loader_with_state
 
 WORDS = "alpha beta gamma delta river stone light cloud green quick model token seven twelve".split()
@@ -120,7 +123,8 @@ def test_batches_have_the_requested_shape(corpus, tiny_tokenizer):
     inputs, targets, state = next(loader)
     assert inputs.shape == (3, 8) and targets.shape == (3, 8)
     assert torch.equal(inputs[:, 1:], targets[:, :-1])
-    assert state == {"epoch": 1, "shard": 0, "row_group": 0, "rows": 3}
+    position = {"epoch": 1, "shard": 0, "row_group": 0, "rows": 3, "k": 0}
+    assert state["positions"] == {"0": position} and state["streams"] == 1 and state["epoch"] == 1
 
 
 @pytest.mark.parametrize("T", [8, 24, 60])
@@ -164,7 +168,8 @@ def test_two_ranks_split_the_documents_without_overlap_or_loss(corpus, tiny_toke
             loader = tokenizing_distributed_data_loader_with_state(tiny_tokenizer, 1, T, "train", packing=packing)
             rows = take_rows(loader, len(expected))
             assert [r for r, _ in rows] == expected
-            groups_read.append({(s["shard"], s["row_group"]) for _, s in rows})
+            groups_read.append({(s["positions"][str(rank)]["shard"], s["positions"][str(rank)]["row_group"])
+                                for _, s in rows})
         # every row group is read by exactly one of the two ranks
         assert not groups_read[0] & groups_read[1]
         assert groups_read[0] | groups_read[1] == {(0, 0), (0, 1), (1, 0), (2, 0), (2, 1), (2, 2)}
@@ -190,12 +195,71 @@ def test_resume_from_state_continues_exactly(corpus, tiny_tokenizer, packing, mo
                 assert state == batches[j][2]
 
 
-def test_resume_with_another_world_size_is_refused(corpus, tiny_tokenizer, monkeypatch):
-    loader = tokenizing_distributed_data_loader_with_state(tiny_tokenizer, 1, 8, "train", packing="bos")
-    state = next(loader)[2]  # shard 0, row group 0: rank 0's at world size 1
-    set_rank(monkeypatch, 1, 2)
-    with pytest.raises(ValueError, match="world size 2"):
-        next(tokenizing_distributed_data_loader_with_state(tiny_tokenizer, 1, 8, "train", resume_state=state))
+def steps_of(make, world_size, micro_steps, num_steps, monkeypatch):
+    """[(the step's batches in stream order, each rank's state after the step)] of num_steps steps."""
+    loaders = []
+    for rank in range(world_size):
+        set_rank(monkeypatch, rank, world_size)
+        loaders.append(make(micro_steps))
+    steps = []
+    for _ in range(num_steps):
+        by_stream, states = {}, []
+        for rank, loader in enumerate(loaders):
+            set_rank(monkeypatch, rank, world_size)
+            for m in range(micro_steps):
+                inputs, targets, state = next(loader)
+                by_stream[m * world_size + rank] = (inputs, targets)
+            states.append(state)
+        steps.append(([by_stream[j] for j in sorted(by_stream)], states))
+    return steps
+
+
+def same_steps(a, b):
+    return all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for (sa, _), (sb, _) in zip(a, b)
+               for x, y in zip(sa, sb)) and len(a) == len(b)
+
+
+@pytest.mark.parametrize("packing", ["bos", "concat"])
+def test_the_data_order_does_not_depend_on_the_world_size(corpus, tiny_tokenizer, packing, monkeypatch):
+    """4 micro-batches per step: 1 rank x 4, 2 x 2 and 4 x 1 see the same batches in every step, across
+    an epoch boundary; a run saved at one world size resumes at another with the batches that follow."""
+    def loader(resume_state=None):
+        return lambda micro_steps: tokenizing_distributed_data_loader_with_state(
+            tiny_tokenizer, 1, 32, "train", packing=packing, micro_steps=micro_steps, resume_state=resume_state)
+
+    n = 40
+    whole = steps_of(loader(), 1, 4, n, monkeypatch)
+    epochs = [position["epoch"] for position in whole[-1][1][0]["positions"].values()]
+    assert max(epochs) >= 2, f"the test must cross an epoch boundary: {epochs}"
+    for world_size in (2, 4):
+        assert same_steps(steps_of(loader(), world_size, 4 // world_size, n, monkeypatch), whole)
+    for saved_world, resumed_world, cut in ((2, 1, 5), (1, 2, 17), (4, 2, 29)):
+        before = steps_of(loader(), saved_world, 4 // saved_world, cut, monkeypatch)
+        state = join_loader_states(before[-1][1])
+        assert state == join_loader_states(whole[cut - 1][1])  # the saved state is the same at every world size
+        after = steps_of(loader(state), resumed_world, 4 // resumed_world, n - cut, monkeypatch)
+        assert same_steps(after, whole[cut:]), f"{saved_world} -> {resumed_world} ranks after step {cut}"
+
+
+def test_resume_with_other_streams_or_data_is_refused(corpus, tiny_tokenizer, monkeypatch, tmp_path):
+    state = next(tokenizing_distributed_data_loader_with_state(tiny_tokenizer, 1, 8, "train", packing="bos"))[2]
+    set_rank(monkeypatch, 1, 2)  # 2 streams now, 1 then: another --device-batch-size for the same total batch
+    with pytest.raises(ValueError, match="streams=1, now streams=2"):
+        tokenizing_distributed_data_loader_with_state(tiny_tokenizer, 1, 8, "train", resume_state=state)
+    set_rank(monkeypatch, 0, 1)
+    with pytest.raises(ValueError, match="packing"):
+        tokenizing_distributed_data_loader_with_state(tiny_tokenizer, 1, 8, "train", resume_state=state,
+                                                      packing="concat")
+    with pytest.raises(ValueError, match="older nanochat"):  # a state of the per-rank layout
+        tokenizing_distributed_data_loader_with_state(tiny_tokenizer, 1, 8, "train", resume_state={
+            "epoch": 1, "shard": 0, "row_group": 0, "rows": 1})
+    rng = random.Random(5)  # the same number of row groups, other documents in them
+    write_shards(tmp_path / "other" / "pretrain", [[make_docs(rng, 8), make_docs(rng, 6)], [make_docs(rng, 9)],
+                                                   [make_docs(rng, 3), make_docs(rng, 4), make_docs(rng, 2)],
+                                                   [make_docs(rng, 6)]])
+    monkeypatch.setenv("NANOCHAT_DATA_DIR", str(tmp_path / "other"))
+    with pytest.raises(ValueError, match="data"):
+        tokenizing_distributed_data_loader_with_state(tiny_tokenizer, 1, 8, "train", resume_state=state)
 
 
 def test_bad_packing_is_refused(corpus, tiny_tokenizer):
@@ -232,3 +296,16 @@ def test_a_split_shorter_than_one_row_is_an_error_not_a_hang(corpus, tiny_tokeni
     loader = dataloader.tokenizing_distributed_data_loader(tiny_tokenizer, 1, 100_000, "train", packing=packing)
     with pytest.raises(ValueError, match="fewer than 100001 tokens"):
         next(loader)
+
+
+def test_eval_batches_are_the_same_tokens_at_every_world_size(corpus, tiny_tokenizer, monkeypatch):
+    # 4 batches on 1 rank == batches 0, 2 on rank 0 and 1, 3 on rank 1 of 2: base_loss and a base_train
+    # of any world size and gradient accumulation score the same tokens
+    whole, _ = dataloader.load_eval_batches(tiny_tokenizer, 1, 8, "train", 4, packing="concat")
+    shares = []
+    for rank in (0, 1):
+        set_rank(monkeypatch, rank, 2)
+        shares.append(dataloader.load_eval_batches(tiny_tokenizer, 1, 8, "train", 2, packing="concat")[0])
+    assert len(whole) == 4 and [len(share) for share in shares] == [2, 2]
+    for i, (inputs, targets) in enumerate(whole):
+        assert torch.equal(inputs, shares[i % 2][i // 2][0]) and torch.equal(targets, shares[i % 2][i // 2][1])
