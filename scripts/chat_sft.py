@@ -48,7 +48,7 @@ from nanochat.common import print0
 from nanochat.flags import add_batch_flags, add_compile_flag, add_compute_flags, add_eval_items_flag, \
     add_optimizer_flags, add_run_flags, add_source_flags, optional_int, renamed
 from nanochat.stage import Stage, due
-from nanochat.task_eval import evaluate_task
+from nanochat.task_eval import evaluate_task, score_intervals
 from nanochat.tokenizer import get_token_bytes
 from tasks.registry import CHAT_MIXTURES, EVAL_TASKS, chat_mixture, load_eval_task, mixtures
 
@@ -118,10 +118,8 @@ except (FileNotFoundError, RuntimeError, ValueError) as e:  # a missing mirror f
 train_task, val_task = mixtures(train_parts, val_parts, args.seed, log=print0)
 
 total_batch = args.total_batch_rows
-if args.num_iterations is not None:
-    num_iterations, horizon = args.num_iterations, "--num-iterations"
-else:
-    num_iterations, horizon = max(1, len(train_task) // total_batch), "one epoch of the mixture"
+num_iterations, horizon = ((args.num_iterations, "--num-iterations") if args.num_iterations is not None
+                            else (max(1, len(train_task) // total_batch), "one epoch of the mixture"))
 num_params, flops_per_token = orig_model.num_params(), orig_model.estimate_flops()
 eval_rows = 20 * total_batch if args.eval_rows is None else args.eval_rows
 
@@ -135,7 +133,7 @@ print0(f"rows of at most {T} tokens | batch: {total_batch} conversations/step = 
 # -----------------------------------------------------------------------------
 # resume, loop state, data
 
-loader_state = run.start(dict(val_loss=None, val_bpb=None, min_val_loss=None, min_val_bpb=None, metrics={}), None, flops_per_token,
+loader_state = run.start(dict(val_loss=None, val_bpb=None, min_val_loss=None, min_val_bpb=None, metrics={}, intervals={}), None, flops_per_token,
                          num_iterations, plan=dict(tokens=num_iterations * total_batch * T,
                                                    note=f"tokens: rows of at most {T}, an upper bound"))  # tokens vary
 if args.compile:  # static shapes: the padded widths are bucketed (nanochat/chat_data.py bucket_width), each compiled once
@@ -161,6 +159,7 @@ def evaluate(step, last):
             results = {name: evaluate_task(orig_model, tokenizer, name, task, batch_size=args.device_batch_size,
                                            max_items=args.eval_items) for name, task in eval_tasks.items()}
         run.loop["metrics"] = {name: r["accuracy"] for name, r in results.items()}
+        run.loop["intervals"] = score_intervals(results)  # 95% Wilson per task (report.md shows them)
         run.record_eval(" | ".join(f"{name} {r['correct']}/{r['total']} = {r['accuracy']:.4f}" for name, r in results.items())
                         + f" | eval {time.perf_counter() - t0:.1f}s",
                         **{f"acc_{name}": acc for name, acc in run.loop["metrics"].items()})
@@ -185,4 +184,5 @@ run.finish(dict(final_val_loss=loop["val_loss"], final_val_bpb=loop["val_bpb"], 
                 metrics=loop["metrics"]),
            metrics=dict(val_loss=loop["val_loss"], val_bpb=loop["val_bpb"], min_val_loss=loop["min_val_loss"],
                         **loop["metrics"]),
-           extra=dict(source=run.source, mixture={k: len(v) for k, v in train_parts.items()}))
+           extra=dict(source=run.source, mixture={k: len(v) for k, v in train_parts.items()},
+                      intervals=loop.get("intervals") or {}))

@@ -130,6 +130,9 @@ def test_sft_learns_records_and_survives_masked_steps(env, uninterrupted):
         results = json.load(f)
     assert results["stage"] == "chat_sft" and results["metrics"]["val_loss"] == val[60]
     assert set(results["metrics"]) >= {"ARC-Easy", "MMLU"}
+    for name in ("ARC-Easy", "MMLU"):  # each accuracy with its n and 95% interval, for report.md
+        interval = results["extra"]["intervals"][name]
+        assert interval["n"] == 4 and interval["low"] <= results["metrics"][name] <= interval["high"], interval
     assert f"custom {env['CUSTOM']}" in results["extra"]["mixture"]
 
 
