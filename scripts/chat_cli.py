@@ -26,12 +26,14 @@ import torch
 from nanochat.checkpoint_manager import CheckpointError, load_model
 from nanochat.common import compute_init
 from nanochat.engine import Engine, SamplingParams
+from nanochat.flags import add_hf_path_flag
 
 parser = argparse.ArgumentParser(description="Chat with a nanochat model in the terminal.")
 # checkpoint
 parser.add_argument("-i", "--source", default="sft", choices=["mid", "sft", "rl"], help="which stage's checkpoint")
 parser.add_argument("--model-tag", default=None, help="model tag (default: the largest model of that stage)")
 parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+add_hf_path_flag(parser)
 # chat
 parser.add_argument("-p", "--prompt", default=None, help="answer this one prompt and exit")
 parser.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (0 = greedy)")
@@ -60,7 +62,8 @@ if args.prompt is not None and not args.prompt.strip():
 
 compute = compute_init(args.device_type)
 try:
-    model, tokenizer, meta = load_model(args.source, compute.device, "eval", model_tag=args.model_tag, step=args.step)
+    model, tokenizer, meta = load_model(args.source, compute.device, "eval", model_tag=args.model_tag, step=args.step,
+                                        hf_path=args.hf_path)
 except (FileNotFoundError, CheckpointError, ValueError) as e:
     parser.exit(1, f"chat_cli: cannot load the {args.source} checkpoint: {e}\n")
 engine = Engine(model, tokenizer, num_slots=1)

@@ -73,15 +73,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nanochat.chat_api import MAX_BODY_BYTES, MAX_TOKENS_LIMIT, MAX_TOP_K, RETRY_AFTER_S, ApiError, error_response, \
     parse_chat_request
-from nanochat.checkpoint_manager import SOURCE_DIRS, CheckpointError, find_largest_model, load_model
-from nanochat.common import compute_init, get_base_dir, logger, setup_logging
+from nanochat.checkpoint_manager import CheckpointError, load_model
+from nanochat.common import compute_init, logger, setup_logging
 from nanochat.engine import Engine, SamplingParams
+from nanochat.flags import add_hf_path_flag
 
 parser = argparse.ArgumentParser(description="Serve a nanochat model: OpenAI-compatible API and chat UI.")
 # checkpoint
 parser.add_argument("-i", "--source", default="sft", choices=["mid", "sft", "rl"], help="which stage's checkpoint")
 parser.add_argument("--model-tag", default=None, help="model tag (default: the largest model of that stage)")
 parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+add_hf_path_flag(parser)
 # serving
 parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 exposes the server)")
 parser.add_argument("--port", type=int, default=8000, help="port to listen on")
@@ -297,11 +299,12 @@ devices = [torch.device("cuda", i) if compute.device_type == "cuda" else compute
 replicas = []
 for i, device in enumerate(devices):
     try:
-        model, tokenizer, meta = load_model(args.source, device, "eval", model_tag=args.model_tag, step=args.step)
+        model, tokenizer, meta = load_model(args.source, device, "eval", model_tag=args.model_tag, step=args.step,
+                                            hf_path=args.hf_path)
     except (FileNotFoundError, CheckpointError, ValueError) as e:
         parser.exit(1, f"chat_web: cannot load the {args.source} checkpoint: {e}\n")
     replicas.append(Replica(i, model, tokenizer, device))
-model_tag = args.model_tag or find_largest_model(os.path.join(get_base_dir(), SOURCE_DIRS[args.source]))
+model_tag = meta["model_tag"]  # the tag load_model resolved
 MODEL_ID = f"nanochat-{args.source}-{model_tag}"
 sp = tokenizer.encode_special
 MARKERS = {sp("<|python_start|>"): "python", sp("<|python_end|>"): "text",
