@@ -218,10 +218,21 @@ def model_card(model, tokenizer, provenance, summary=None):
     stage = {"base": "pretraining only (a base model: it continues text)", "mid": "pretraining + mid-training",
              "sft": "pretraining + mid-training + chat SFT", "rl": "pretraining + mid-training + SFT + RL on GSM8K"}
     S = dict(zip(SPECIAL_TOKENS, HF_SPECIAL_TOKENS))
+    base = src.get("source") == "base"
+    if base:  # a base model continues text; tok(text) puts <|bos|> first, as in pretraining
+        use = ['ids = tok("The capital of France is", return_tensors="pt")',
+               "out = model.generate(**ids, max_new_tokens=64, do_sample=False)",
+               "print(tok.decode(out[0], skip_special_tokens=True))"]
+    else:
+        use = ['messages = [{"role": "user", "content": "Who are you?"}]',
+               'ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)',
+               "out = model.generate(**ids, max_new_tokens=128, do_sample=False)",
+               'print(tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))']
     lines = [
         "---", "library_name: transformers", "pipeline_tag: text-generation", "tags: [nanochat]", "---", "",
         f"# nanochat {src.get('source', '')} {src.get('model_tag', '')}".rstrip(), "",
-        f"A {model.num_params() / 1e6:.1f}M-parameter chat model trained from scratch with nanochat: "
+        f"A {model.num_params() / 1e6:.1f}M-parameter {'language' if base else 'chat'} model trained from scratch "
+        f"with nanochat: "
         f"{cfg.n_layer} layers, width {cfg.n_embd}, {cfg.n_head} query heads and {cfg.n_kv_head} key/value heads, "
         f"context {cfg.sequence_len} tokens, vocabulary {tokenizer.get_vocab_size()} (model rows {cfg.vocab_size}).",
         f"Stage: {stage.get(src.get('source'), src.get('source', 'unknown'))}; checkpoint step {src.get('step', '?')}.",
@@ -229,14 +240,11 @@ def model_card(model, tokenizer, provenance, summary=None):
         "## Scores", "",
         summary or "No report.md was found for this run (`python -m nanochat.report generate` writes one).", "",
         "## Use it", "", "```python",
-        "import torch",
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        'PATH = "path/to/this/folder"  # or its hub id',
         "tok = AutoTokenizer.from_pretrained(PATH)",
         "model = AutoModelForCausalLM.from_pretrained(PATH)",
-        'messages = [{"role": "user", "content": "Who are you?"}]',
-        'ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)',
-        "out = model.generate(**ids, max_new_tokens=128, do_sample=False)",
-        'print(tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))', "```", "",
+        *use, "```", "",
         "A system message is merged into the first user message (the model was trained that way). "
         "`generate` stops at the end of the assistant's turn (generation_config.json). "
         "Serve it with `transformers serve`, vLLM or any tool that reads this folder; or with nanochat's own "
@@ -269,7 +277,12 @@ def export(model, tokenizer, out_dir, provenance=None, report_md=None, dtype=tor
     config = hf_config(model, tokenizer, provenance, dtype)
     atomic_write(os.path.join(out_dir, CONFIG_FILE), lambda f: json.dump(config, f, indent=2))
     tensors = hf_state_dict(model, dtype)
-    save_file(tensors, os.path.join(out_dir, WEIGHTS_FILE), metadata={"format": "pt"})
+    path, tmp = os.path.join(out_dir, WEIGHTS_FILE), os.path.join(out_dir, f".{WEIGHTS_FILE}.tmp")
+    save_file(tensors, tmp, metadata={"format": "pt"})  # written beside, then renamed: never a torn file
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # safetensors creates 0600; the folder is meant to be shared
+    os.replace(tmp, path)
     write_tokenizer(tokenizer, out_dir, model.config.sequence_len)
     sp = tokenizer.encode_special
     generation = {"bos_token_id": sp("<|bos|>"), "eos_token_id": [sp("<|assistant_end|>"), sp("<|bos|>")],

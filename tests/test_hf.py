@@ -26,6 +26,7 @@ import torch
 from nanochat import hf
 from nanochat.checkpoint_manager import SOURCE_DIRS, load_model, save_checkpoint
 from nanochat.engine import Engine, SamplingParams
+from nanochat.gpt import GPT, GPTConfig
 from nanochat.tokenizer import HF_SPECIAL_TOKENS, SPECIAL_TOKENS
 from tests.chat_fixtures import REPO, chat_server, chat_tokenizer, random_chat_model
 from tests.test_engine import random_model
@@ -331,3 +332,36 @@ def test_chat_web_serves_an_imported_folder(tok, tmp_path):
         r = client.chat.completions.create(model="m", messages=messages, max_tokens=10, temperature=0)
     assert r.choices[0].message.content == ref.text and r.usage.completion_tokens == 10
     assert r.model == "nanochat-sft-d2"
+
+
+@pytest.mark.slow  # a training stage in a subprocess: ~30 s on a quiet 2-core machine
+def test_mid_train_starts_from_an_hf_folder(tiny_tokenizer, tmp_path, monkeypatch):
+    from tests.chat_stage_fixtures import TINY_CONFIG, run_stage, stage_env, write_mirror
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tiny_tokenizer.get_vocab_size(), **TINY_CONFIG))
+    model.init_weights()
+    hf.export(model, tiny_tokenizer, str(tmp_path / "hf"))  # no provenance: the tag comes from the depth
+    base = tmp_path / "fresh_base"  # no tokenizer: the stage saves the folder's there for the later stages
+    env = stage_env(base, write_mirror(tmp_path / "data"))
+    out = run_stage("scripts.mid_train", env, "--hf-path", str(tmp_path / "hf"), "--num-iterations=1",
+                    "--device-batch-size=2", "--total-batch-tokens=256", "--identity-size=20", "--spelling-size=10",
+                    "--dtype=float32", "--eval-tokens=512", "--run=dummy")
+    assert "saved the folder's tokenizer" in out.stdout
+    monkeypatch.setenv("NANOCHAT_BASE_DIR", str(base))
+    mid, tokenizer, meta = load_model("mid", torch.device("cpu"), "eval")
+    assert meta["model_tag"] == "d1" and meta["source"]["source"] == "hf"
+    assert tokenizer.get_mergeable_ranks() == tiny_tokenizer.get_mergeable_ranks()
+
+
+def test_hf_path_excludes_a_checkpoint_source():
+    import argparse
+
+    from nanochat.flags import add_source_flags
+
+    parser = argparse.ArgumentParser()
+    add_source_flags(parser, ("mid", "sft", "rl"))  # no default: one of the two is required
+    assert parser.parse_args(["--hf-path", "x"]).hf_path == "x"
+    for argv in (["-i", "sft", "--hf-path", "x"], []):
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
