@@ -76,11 +76,20 @@ def add_source_flags(parser, sources, default=None, help_tag=None):
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
 
 
+class _HFPath(argparse.Action):
+    """--hf-path DIR: stores DIR and sets --source to "hf", so that what a script prints and records
+    says where the model came from."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        setattr(namespace, "source", "hf")
+
+
 def add_hf_path_flag(parser):
     """--hf-path DIR: load a Hugging Face nanochat folder (scripts/export_hf.py's, or transformers'
-    converter's) instead of a checkpoint. A no-op when the parser has it already."""
+    converter's) instead of a checkpoint; args.source becomes "hf". A no-op when the parser has it."""
     if "--hf-path" not in getattr(parser, "_option_string_actions", {}):
-        parser.add_argument("--hf-path", default=None,
+        parser.add_argument("--hf-path", default=None, action=_HFPath,
                             help="load this Hugging Face folder (config.json, model.safetensors, tokenizer.json) "
                                  "instead of a checkpoint")
 

@@ -331,7 +331,7 @@ def test_chat_web_serves_an_imported_folder(tok, tmp_path):
         client = OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=60)
         r = client.chat.completions.create(model="m", messages=messages, max_tokens=10, temperature=0)
     assert r.choices[0].message.content == ref.text and r.usage.completion_tokens == 10
-    assert r.model == "nanochat-sft-d2"
+    assert r.model == "nanochat-hf-d2"  # --hf-path sets the source to "hf"
 
 
 @pytest.mark.slow  # a training stage in a subprocess: ~30 s on a quiet 2-core machine
@@ -361,7 +361,8 @@ def test_hf_path_excludes_a_checkpoint_source():
 
     parser = argparse.ArgumentParser()
     add_source_flags(parser, ("mid", "sft", "rl"))  # no default: one of the two is required
-    assert parser.parse_args(["--hf-path", "x"]).hf_path == "x"
+    args = parser.parse_args(["--hf-path", "x"])
+    assert (args.hf_path, args.source) == ("x", "hf")  # what scripts print and record
     for argv in (["-i", "sft", "--hf-path", "x"], []):
         with pytest.raises(SystemExit):
             parser.parse_args(argv)
