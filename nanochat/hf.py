@@ -10,7 +10,7 @@ The folder:
     config.json              NanoChatConfig, every field our model depends on written out (eps, RoPE
                              base, soft-cap, kv heads, context, special ids), plus "nanochat": where
                              it came from (source, model tag, step)
-    model.safetensors        the weights under transformers' names (WEIGHT_NAMES), in the dtype given
+    model.safetensors        the weights under transformers' names (weight_names), in the dtype given
     tokenizer.json           Tokenizer.export_hf: our ids exactly; the special tokens spelled with
                              fullwidth bars (tokenizer.HF_SPECIAL_TOKENS) so "<|bos|>" in text stays text
     tokenizer_config.json    the special tokens and a chat_template that renders a conversation token
@@ -52,7 +52,7 @@ BLOCK_NAMES = {"attn.c_q": "self_attn.q_proj", "attn.c_k": "self_attn.k_proj", "
                "attn.c_proj": "self_attn.o_proj", "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
 GPT_CONFIG_FIELDS = {"sequence_len", "vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd"}  # all mapped below
 NORM_EPS = torch.finfo(torch.float32).eps  # F.rms_norm's default eps for our fp32 activations
-MAX_IMPORT_EPS = 1e-5  # a larger rms_norm_eps would change the model more than rounding does
+MAX_IMPORT_EPS = 1e-5  # ours is fixed: a larger rms_norm_eps is refused, not silently replaced
 HF_HINT = "export one with `python -m scripts.export_hf` (or transformers' convert_nanochat_checkpoints.py)"
 
 
