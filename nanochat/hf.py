@@ -394,7 +394,9 @@ def read_tokenizer(folder):
     if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
         raise HFFormatError(f"{path}: not a byte-level BPE tokenizer (model type {model.get('type')!r})")
     char_byte = {ch: b for b, ch in _bytes_to_unicode().items()}
-    vocab = sorted(model["vocab"].items(), key=lambda kv: kv[1])
+    added = {t["content"]: t["id"] for t in spec.get("added_tokens", [])}
+    # some converters list the added tokens in the BPE vocab too: they are not merged tokens
+    vocab = sorted(((s, i) for s, i in model["vocab"].items() if i not in added.values()), key=lambda kv: kv[1])
     if [i for _, i in vocab] != list(range(len(vocab))):
         raise HFFormatError(f"{path}: the BPE ids are not 0..{len(vocab) - 1} without gaps")
     try:
@@ -406,7 +408,6 @@ def read_tokenizer(folder):
     if pattern is None:
         raise HFFormatError(f"{path}: no Split(Regex) pre-tokenizer, so the split pattern is unknown")
     n = len(mergeable)
-    added = {t["content"]: t["id"] for t in spec.get("added_tokens", [])}
     for i, (name, hf_name) in enumerate(zip(SPECIAL_TOKENS, HF_SPECIAL_TOKENS)):
         got = added.get(hf_name, added.get(name))
         if got != n + i:
