@@ -113,7 +113,8 @@ class Stage:
 
     def load_source(self, source, phase="train"):
         """(model, tokenizer, meta) of the checkpoint a stage starts from (--model-tag and --step,
-        None: the largest tag, its latest step); run.source names what was loaded."""
+        None: the largest tag, its latest step), or of the --hf-path folder; run.source names what
+        was loaded."""
         hf_path = getattr(self.args, "hf_path", None)
         try:
             model, tokenizer, meta = load_model(source, self.device, phase, self.args.model_tag, self.args.step,
@@ -123,10 +124,9 @@ class Stage:
                 print0(adopt_tokenizer(tokenizer, get_base_dir(), self.master))
         except (FileNotFoundError, CheckpointError, ValueError) as e:
             self.fail(f"cannot load the {'--hf-path ' + hf_path if hf_path else source} model: {e}")
-        if hf_path is not None:
-            source = "hf"
         self.source = dict(source=source, model_tag=meta["model_tag"], step=meta["step"])
         if hf_path is not None:
+            source = self.source["source"] = "hf"
             self.source["hf_path"] = hf_path
         self.meta_extra = dict(source=self.source)  # in every checkpoint's meta (a stage may say more)
         print0(f"source: {source} model {meta['model_tag']} step {meta['step']} | {model.num_params():,} parameters | "

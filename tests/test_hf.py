@@ -272,7 +272,7 @@ def test_import_errors_say_what_is_wrong(exported, tmp_path, change, error, matc
         hf.load_hf(folder, torch.device("cpu"), "eval")
 
 
-def test_export_refuses_what_the_native_class_cannot_express(tok, tmp_path):
+def test_export_refuses_what_the_native_class_cannot_express(tok, tiny_tokenizer, tmp_path):
     model = tiny_model(tok, 2)
     model.transformer.h[0].attn.c_q.bias = torch.nn.Parameter(torch.zeros(64))
     with pytest.raises(ValueError, match="transformer.h.0.attn.c_q has a bias"):
@@ -284,6 +284,9 @@ def test_export_refuses_what_the_native_class_cannot_express(tok, tmp_path):
     model = tiny_model(tok, 2)
     model.transformer.h[0].mlp.act = torch.nn.GELU()
     with pytest.raises(ValueError, match="module transformer.h.0.mlp.act \\(GELU\\)"):
+        hf.export(model, tok, str(tmp_path))
+    model = random_model(tiny_tokenizer, n_embd=64)  # 365 rows for the 368 ids of tok
+    with pytest.raises(ValueError, match="the tokenizer has 368 tokens but the model only 365 rows"):
         hf.export(model, tok, str(tmp_path))
     assert not os.path.exists(tmp_path / "config.json")  # nothing half-written
 
