@@ -212,8 +212,9 @@ def report_summary(report_md):
     return "\n".join(section).strip() if section else None
 
 
-def model_card(model, tokenizer, provenance, summary=None):
-    """README.md: what the model is, how it was trained, its scores, how to load and chat with it."""
+def model_card(model, tokenizer, provenance, summary=None, training=None):
+    """README.md: what the model is, how it was trained (training: the stage's flags, from the
+    checkpoint's meta), its scores, how to load and chat with it."""
     cfg, src = model.config, provenance or {}
     stage = {"base": "pretraining only (a base model: it continues text)", "mid": "pretraining + mid-training",
              "sft": "pretraining + mid-training + chat SFT", "rl": "pretraining + mid-training + SFT + RL on GSM8K"}
@@ -237,6 +238,8 @@ def model_card(model, tokenizer, provenance, summary=None):
         f"context {cfg.sequence_len} tokens, vocabulary {tokenizer.get_vocab_size()} (model rows {cfg.vocab_size}).",
         f"Stage: {stage.get(src.get('source'), src.get('source', 'unknown'))}; checkpoint step {src.get('step', '?')}.",
         "It runs on transformers' native `NanoChatForCausalLM` (no `trust_remote_code`).", "",
+        *(["## Training", "", "The flags of the stage that wrote this checkpoint:", "", "```json",
+            json.dumps(training, indent=1, sort_keys=True, default=str), "```", ""] if training else []),
         "## Scores", "",
         summary or "No report.md was found for this run (`python -m nanochat.report generate` writes one).", "",
         "## Use it", "", "```python",
@@ -265,8 +268,9 @@ def model_card(model, tokenizer, provenance, summary=None):
     return "\n".join(lines)
 
 
-def export(model, tokenizer, out_dir, provenance=None, report_md=None, dtype=torch.float32):
-    """Write the Hugging Face folder (module docstring) for `model` and `tokenizer` into out_dir."""
+def export(model, tokenizer, out_dir, provenance=None, report_md=None, dtype=torch.float32, training=None):
+    """Write the Hugging Face folder (module docstring) for `model` and `tokenizer` into out_dir.
+    provenance: {source, model_tag, step} (config.json and the card); training: the stage's flags (the card)."""
     from safetensors.torch import save_file
 
     check_exportable(model)
@@ -288,7 +292,7 @@ def export(model, tokenizer, out_dir, provenance=None, report_md=None, dtype=tor
     generation = {"bos_token_id": sp("<|bos|>"), "eos_token_id": [sp("<|assistant_end|>"), sp("<|bos|>")],
                   "pad_token_id": sp("<|assistant_end|>"), "do_sample": False}
     atomic_write(os.path.join(out_dir, GENERATION_CONFIG), lambda f: json.dump(generation, f, indent=2))
-    card = model_card(model, tokenizer, provenance, report_summary(report_md))
+    card = model_card(model, tokenizer, provenance, report_summary(report_md), training)
     atomic_write(os.path.join(out_dir, CARD_FILE), lambda f: f.write(card))
     return out_dir
 

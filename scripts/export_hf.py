@@ -48,7 +48,8 @@ source = (meta["hf_provenance"].get("source") or "hf") if args.hf_path else args
 provenance = dict(source=source, model_tag=meta["model_tag"], step=meta["step"])
 report = args.report or os.path.join(get_base_dir(), "report", "report.md")
 try:
-    export(model, tokenizer, args.out, provenance, report_md=report, dtype=getattr(torch, args.dtype))
+    export(model, tokenizer, args.out, provenance, report_md=report, dtype=getattr(torch, args.dtype),
+           training=meta.get("user_config"))
 except ValueError as e:  # nanochat.hf.HFFormatError: a feature the native class cannot express
     sys.exit(f"export_hf: error: {e}")
 

@@ -298,7 +298,7 @@ def test_export_script_with_report_card(tok, tmp_path):
     base = tmp_path / "base"
     model = tiny_model(tok, 2)
     save_checkpoint(str(base / SOURCE_DIRS["sft"] / "d2"), 12, model.state_dict(), None,
-                    {"model_config": asdict(model.config)})
+                    {"model_config": asdict(model.config), "user_config": {"num_iterations": 12345}})
     tok.save(str(base / "tokenizer"))
     (base / "report").mkdir()
     (base / "report" / "report.md").write_text("# report\n\n## Summary\n\n| metric | BASE |\n|---|---:|\n"
@@ -313,6 +313,7 @@ def test_export_script_with_report_card(tok, tmp_path):
             "README.md"} <= set(os.listdir(out))
     card = (out / "README.md").read_text()
     assert "| CORE | 0.1234 |" in card and "not in the card" not in card and "runs no tool" in card
+    assert '"num_iterations": 12345' in card
     loaded, _, _ = hf.load_hf(str(out), torch.device("cpu"), "eval")
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
     proc = subprocess.run([sys.executable, "-m", "scripts.export_hf", "-i", "rl", "--out", str(tmp_path / "x")],
