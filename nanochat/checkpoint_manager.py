@@ -37,6 +37,7 @@ own part, whatever the world size. The data position is saved as every stream's 
 so a run of 2 ranks resumes on 1 and one of 1 on 2, batch for batch. Refused with the reason: another
 model config, another number of micro-batches per step or other data (by the loaders), and training
 states of the older per-rank layout (meta "loader_states"), which no longer resume.
+load_model(..., hf_path=DIR) loads a Hugging Face folder instead (nanochat/hf.py).
 
 Tests: tests/test_checkpoint.py (round trip, crash during a save, errors, load_model end to end).
 """
@@ -359,9 +360,18 @@ def build_model(checkpoint_dir, step, device, phase):
     return model, tokenizer, meta
 
 
-def load_model(source, device, phase, model_tag=None, step=None):
+def load_model(source, device, phase, model_tag=None, step=None, hf_path=None):
     """(model, tokenizer, meta) of a pipeline stage: source "base"|"mid"|"sft"|"rl"; model_tag None:
-    the largest d<N>, step None: the latest. meta["model_tag"] and meta["step"] are the ones loaded."""
+    the largest d<N>, step None: the latest. meta["model_tag"] and meta["step"] are the ones loaded.
+    hf_path: load that Hugging Face folder instead (nanochat/hf.py; source is then not used), with its
+    own tokenizer; meta["hf_path"] says so."""
+    if hf_path is not None:
+        if model_tag is not None or step is not None:
+            raise ValueError(f"--hf-path {hf_path} loads that folder; --model-tag/--step choose a checkpoint of a "
+                             f"stage and do not apply to it (leave them out)")
+        from nanochat.hf import load_hf
+        logger.info(f"loading the Hugging Face folder {hf_path}")
+        return load_hf(hf_path, device, phase)
     if source not in SOURCE_DIRS:
         raise ValueError(f"checkpoint source must be one of {sorted(SOURCE_DIRS)}, got {source!r}")
     root = os.path.join(get_base_dir(), SOURCE_DIRS[source])

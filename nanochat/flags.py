@@ -5,7 +5,7 @@ needs and keeps its own flags beside them.
 
     parser = argparse.ArgumentParser(...)
     add_compute_flags(parser)                        # --device-type, --dtype
-    add_source_flags(parser, ("mid", "sft", "rl"), default="sft")   # -i, --model-tag, --step
+    add_source_flags(parser, ("mid", "sft", "rl"), default="sft")   # -i, --model-tag, --step, --hf-path
     add_reply_flags(parser, max_new_tokens=512, temperature=0.6, top_k=50)
 
 Units are in the names: a batch counted in tokens says `-tokens`, one counted in rows (sequences,
@@ -66,12 +66,32 @@ def add_compute_flags(parser):
 
 def add_source_flags(parser, sources, default=None, help_tag=None):
     """-i/--source (the stage whose checkpoint is loaded), --model-tag and --step (None: the largest
-    d<N> and its latest step). default None makes --source required."""
-    parser.add_argument("-i", "--source", default=default, required=default is None, choices=sources,
-                        help="which stage's checkpoint to load")
+    d<N> and its latest step), or --hf-path (a Hugging Face folder instead; load_model(hf_path=...)).
+    default None makes one of --source and --hf-path required; the two exclude each other."""
+    group = parser.add_mutually_exclusive_group(required=default is None)
+    group.add_argument("-i", "--source", default=default, choices=sources, help="which stage's checkpoint to load")
+    add_hf_path_flag(group)
     parser.add_argument("--model-tag", default=None,
                         help=help_tag or "model tag of that stage (default: the largest d<N>)")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+
+
+class _HFPath(argparse.Action):
+    """--hf-path DIR: stores DIR and sets --source to "hf", so that what a script prints and records
+    says where the model came from."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        setattr(namespace, "source", "hf")
+
+
+def add_hf_path_flag(parser):
+    """--hf-path DIR: load a Hugging Face nanochat folder (scripts/export_hf.py's, or transformers'
+    converter's) instead of a checkpoint; args.source becomes "hf". A no-op when the parser has it."""
+    if "--hf-path" not in getattr(parser, "_option_string_actions", {}):
+        parser.add_argument("--hf-path", default=None, action=_HFPath,
+                            help="load this Hugging Face folder (config.json, model.safetensors, tokenizer.json) "
+                                 "instead of a checkpoint")
 
 
 def add_reply_flags(parser, max_new_tokens, temperature, top_k):

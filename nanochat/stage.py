@@ -23,7 +23,8 @@ batch-size search runs between setup_optimizers and start). Each fails with a cl
 
 What the runner owns: the flags of nanochat/flags.py's training groups and their checks; compute
 set-up and the dtype, which on --resume comes from the checkpoint's meta (the run goes on in the dtype
-it started in, so --dtype auto on another machine cannot change it); loading the source model;
+it started in, so --dtype auto on another machine cannot change it); loading the source model (a
+checkpoint, or with --hf-path a Hugging Face folder, whose tokenizer then becomes the base dir's);
 wandb; resume (weights, optimizer state, loop state and meter, the data position; at any world size
 that divides the run's micro-batches per step: nanochat/checkpoint_manager.py) and SIGTERM (every
 rank agrees in the step's own all-reduce, saves and exits 0); on several nodes, the check that every
@@ -126,12 +127,21 @@ class Stage:
 
     def load_source(self, source, phase="train"):
         """(model, tokenizer, meta) of the checkpoint a stage starts from (--model-tag and --step,
-        None: the largest tag, its latest step); run.source names what was loaded."""
+        None: the largest tag, its latest step), or of the --hf-path folder; run.source names what
+        was loaded."""
+        hf_path = getattr(self.args, "hf_path", None)
         try:
-            model, tokenizer, meta = load_model(source, self.device, phase, self.args.model_tag, self.args.step)
+            model, tokenizer, meta = load_model(source, self.device, phase, self.args.model_tag, self.args.step,
+                                                hf_path=hf_path)
+            if hf_path is not None:  # the later stages load the tokenizer from the base dir: make it this one
+                from nanochat.hf import adopt_tokenizer
+                print0(adopt_tokenizer(tokenizer, get_base_dir(), self.master))
         except (FileNotFoundError, CheckpointError, ValueError) as e:
-            self.fail(f"cannot load the {source} model: {e}")
+            self.fail(f"cannot load the {'--hf-path ' + hf_path if hf_path else source} model: {e}")
         self.source = dict(source=source, model_tag=meta["model_tag"], step=meta["step"])
+        if hf_path is not None:
+            source = self.source["source"] = "hf"
+            self.source["hf_path"] = hf_path
         self.meta_extra = dict(source=self.source)  # in every checkpoint's meta (a stage may say more)
         print0(f"source: {source} model {meta['model_tag']} step {meta['step']} | {model.num_params():,} parameters | "
                f"{model.config.n_layer} layers, width {model.config.n_embd} | sequence length {model.config.sequence_len}")

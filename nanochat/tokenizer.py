@@ -48,6 +48,9 @@ SPECIAL_TOKENS = [
     "<|output_start|>",  # ... and the engine writes the tool's output back
     "<|output_end|>",
 ]
+# the same tokens as spelled in a Hugging Face export (Tokenizer.export_hf): fullwidth bars (U+FF5C),
+# so that the text "<|bos|>" stays text there as it does here
+HF_SPECIAL_TOKENS = [name.replace("|", "\uff5c") for name in SPECIAL_TOKENS]
 
 RANKS_FILE = "tokenizer.bpe"
 META_FILE = "tokenizer.meta"
@@ -428,8 +431,17 @@ class Tokenizer:
           of bytes merged in place evolves as if alone, so it passes through one 2-symbol state
           only), hence their order among themselves never decides anything and ties between equal
           ranks are broken leftmost, as in tiktoken.
+        Special tokens. HF matches an added token's string wherever it occurs in the input, but our
+        encode() keeps the text "<|bos|>" as text. So in the export the special tokens are spelled
+        with fullwidth bars, "<\uff5cbos\uff5c>" (HF_SPECIAL_TOKENS; DeepSeek's tokenizers use the same
+        device): our spellings in any text stay text, with our ids, and no typed prompt injects a
+        chat control token. The special tokens are meant through their ids, the chat template (which
+        writes the fullwidth spellings, nanochat/hf.py) or add_special_tokens=True (a post-processor
+        puts <|bos|> first, as every document and conversation starts). Not covered: text that
+        itself contains a fullwidth spelling encodes it as the special token (the chat template
+        refuses such content).
         """
-        from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+        from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
         from tokenizers import Tokenizer as HFTokenizer
 
         path = os.fspath(path)
@@ -452,9 +464,13 @@ class Tokenizer:
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ])
         hf.decoder = decoders.ByteLevel()
-        hf.add_special_tokens([AddedToken(name, special=True, normalized=False) for name in SPECIAL_TOKENS])
-        for name, i in self._special_ids.items():
-            assert hf.token_to_id(name) == i, f"HF gave {name} id {hf.token_to_id(name)}, expected {i}"
+        hf.add_special_tokens([AddedToken(name, special=True, normalized=False) for name in HF_SPECIAL_TOKENS])
+        for name, hf_name in zip(SPECIAL_TOKENS, HF_SPECIAL_TOKENS):
+            assert hf.token_to_id(hf_name) == self._special_ids[name], \
+                f"HF gave {hf_name} id {hf.token_to_id(hf_name)}, expected {self._special_ids[name]}"
+        bos = (HF_SPECIAL_TOKENS[0], self.get_bos_token_id())
+        hf.post_processor = processors.TemplateProcessing(single=f"{bos[0]} $A", pair=f"{bos[0]} $A {bos[0]} $B:1",
+                                                          special_tokens=[bos])
         parent = os.path.dirname(os.path.abspath(path))
         os.makedirs(parent, exist_ok=True)
         atomic_write(path, lambda f: f.write(hf.to_str()))

@@ -81,7 +81,8 @@ except ValueError as e:
 # model (load_model resolves the tag and step and says which in its meta)
 
 try:
-    model, tokenizer, meta = load_model(args.source, device, phase="eval", model_tag=args.model_tag, step=args.step)
+    model, tokenizer, meta = load_model(args.source, device, phase="eval", model_tag=args.model_tag, step=args.step,
+                                        hf_path=args.hf_path)
 except (FileNotFoundError, CheckpointError) as e:
     fail(f"cannot load the {args.source} model: {e}. Train one first, or choose another with "
          f"-i/--model-tag/--step (NANOCHAT_BASE_DIR={get_base_dir()})")

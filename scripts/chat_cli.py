@@ -54,7 +54,8 @@ if args.prompt is not None and not args.prompt.strip():
 
 compute = compute_init(args.device_type)
 try:
-    model, tokenizer, meta = load_model(args.source, compute.device, "eval", model_tag=args.model_tag, step=args.step)
+    model, tokenizer, meta = load_model(args.source, compute.device, "eval", model_tag=args.model_tag, step=args.step,
+                                        hf_path=args.hf_path)
 except (FileNotFoundError, CheckpointError, ValueError) as e:
     parser.exit(1, f"chat_cli: cannot load the {args.source} checkpoint: {e}\n")
 engine = Engine(model, tokenizer, num_slots=1)

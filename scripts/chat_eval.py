@@ -80,7 +80,8 @@ if "HumanEval" in task_names:  # the sandbox says here, before any model runs, w
 
 compute = compute_init(args.device_type)
 try:
-    model, tokenizer, meta = load_model(args.source, compute.device, phase="eval", model_tag=args.model_tag, step=args.step)
+    model, tokenizer, meta = load_model(args.source, compute.device, phase="eval", model_tag=args.model_tag, step=args.step,
+                                        hf_path=args.hf_path)
 except (FileNotFoundError, CheckpointError) as e:
     compute_cleanup()
     parser.exit(1, f"chat_eval: cannot load the {args.source} checkpoint: {e}\n")

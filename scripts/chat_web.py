@@ -146,7 +146,8 @@ def main():
     replicas = []
     for i, device in enumerate(devices):
         try:
-            model, tokenizer, meta = load_model(args.source, device, "eval", model_tag=args.model_tag, step=args.step)
+            model, tokenizer, meta = load_model(args.source, device, "eval", model_tag=args.model_tag, step=args.step,
+                                                hf_path=args.hf_path)
         except (FileNotFoundError, CheckpointError, ValueError) as e:
             parser.exit(1, f"chat_web: cannot load the {args.source} checkpoint: {e}\n")
         replicas.append(Replica(i, model, tokenizer, device, args.num_slots, dtype))

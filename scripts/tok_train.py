@@ -1,6 +1,7 @@
 """
 Train the project's BPE tokenizer on the first characters of the pretraining shards and save it,
-with its token-bytes table, to get_base_dir()/tokenizer (where every later stage loads it from).
+with its token-bytes table, to get_base_dir()/tokenizer (where every later stage loads it from),
+plus tokenizer.json: the same tokenizer for Hugging Face tools (Tokenizer.export_hf).
 
     python -m scripts.tok_train                                     # 2B chars, vocab 32768 (speedrun)
     python -m scripts.tok_train --max-chars 20000000                # a quick one (~20 MB of text)
@@ -98,7 +99,8 @@ def main():
 
     # ---- save (writes the ranks, the metadata and token_bytes.pt, each atomically)
     tokenizer.save(output_dir)
-    print(f"saved the tokenizer to {output_dir}")
+    hf_path = tokenizer.export_hf(output_dir)  # the same tokenizer for Hugging Face tools (tokenizers, transformers)
+    print(f"saved the tokenizer to {output_dir} (and {os.path.basename(hf_path)} for Hugging Face tools)")
 
     # ---- sanity check: the saved files load and round-trip text, plain text never makes a special id
     loaded = Tokenizer.from_directory(output_dir)

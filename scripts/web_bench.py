@@ -104,7 +104,9 @@ n_params = sum(p.numel() for p in model.parameters())
 del model
 
 if args.peer:
-    from transformers import GenerationConfig, PreTrainedTokenizerFast
+    from transformers import GenerationConfig
+
+    from nanochat.hf import write_tokenizer
 
     llama = llama_like(cfg, bos_token_id=tokenizer.get_bos_token_id(),
                        eos_token_id=tokenizer.encode_special("<|assistant_end|>"))
@@ -115,13 +117,7 @@ if args.peer:
     llama.save_pretrained(peer_dir)
     peer_params = sum(p.numel() for p in llama.parameters())
     del llama
-    template = ("<|bos|>{% for m in messages %}{% if m['role'] == 'user' %}<|user_start|>{{ m['content'] }}<|user_end|>"
-                "{% else %}<|assistant_start|>{{ m['content'] }}<|assistant_end|>{% endif %}{% endfor %}"
-                "{% if add_generation_prompt %}<|assistant_start|>{% endif %}")
-    hf_tok = PreTrainedTokenizerFast(tokenizer_file=tokenizer.export_hf(peer_dir), bos_token="<|bos|>",
-                                     eos_token="<|assistant_end|>", pad_token="<|bos|>")
-    hf_tok.chat_template = template
-    hf_tok.save_pretrained(peer_dir)
+    write_tokenizer(tokenizer, peer_dir, cfg.sequence_len)  # tokenizer.json + the chat template (nanochat/hf.py)
 
 # -----------------------------------------------------------------------------
 # servers

@@ -94,6 +94,18 @@ def test_tok_train_saves_a_working_tokenizer(trained):
     assert "MB/s" in out and f"vocab size          {VOCAB_SIZE:,}" in out
 
 
+def test_tok_train_writes_tokenizer_json(trained):
+    import tokenizers
+
+    from nanochat.tokenizer import Tokenizer
+
+    tokenizer_dir, _ = trained
+    tok = Tokenizer.from_directory(tokenizer_dir)
+    hf = tokenizers.Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+    for text in ["Kalomi 12345 sutor. Fin!", "unseen <|bos|> words: hello, wörld ✓ 東京", ""]:
+        assert hf.encode(text, add_special_tokens=False).ids == tok.encode(text)
+
+
 def test_document_stream_crops_and_stops(corpus, monkeypatch):
     from scripts.tok_train import DocumentStream
 

@@ -17,7 +17,7 @@ import tiktoken
 import tokenizers
 import torch
 
-from nanochat.tokenizer import SPECIAL_TOKENS, Tokenizer, get_token_bytes, get_tokenizer
+from nanochat.tokenizer import HF_SPECIAL_TOKENS, SPECIAL_TOKENS, Tokenizer, get_token_bytes, get_tokenizer
 
 from conftest import TINY_VOCAB_SIZE
 
@@ -453,8 +453,7 @@ def test_hf_export_equals_ours(tiny_tokenizer, overlap_tokenizer, tmp_path):
     for k, tok in enumerate((tiny_tokenizer, overlap_tokenizer)):
         hf = _export(tok, tmp_path / str(k))
         assert hf.get_vocab_size() == tok.get_vocab_size()
-        # HF matches special-token strings inside text (tested below); here: text without them
-        texts = [t.replace("|>", "| >") for t in random_texts(seed=8 + k, n=1000)]
+        texts = random_texts(seed=8 + k, n=1000)  # "<|bos|>" and the like included: text in both
         ours = tok.encode(texts)
         theirs = [e.ids for e in hf.encode_batch(texts, add_special_tokens=False)]
         mismatches = [(t, a, b) for t, a, b in zip(texts, ours, theirs) if a != b]
@@ -463,12 +462,14 @@ def test_hf_export_equals_ours(tiny_tokenizer, overlap_tokenizer, tmp_path):
             assert hf.decode(ids, skip_special_tokens=False) == tok.decode(ids)
 
 
-def test_hf_export_can_treat_specials_as_text(tiny_tokenizer, tmp_path):
-    # with encode_special_tokens=True HF reads "<|bos|>" as plain text too, as our encode() always does
+def test_hf_export_keeps_special_strings_as_text(tiny_tokenizer, tmp_path):
+    # the export once matched "<|bos|>" in text as the special token; our encode() keeps it text, and
+    # so must the export (no injection of chat control tokens); add_special_tokens puts bos first
     hf = _export(tiny_tokenizer, tmp_path)
-    hf.encode_special_tokens = True
     texts = ["".join(SPECIAL_TOKENS)] + random_texts(seed=10, n=300)
-    assert [e.ids for e in hf.encode_batch(texts)] == tiny_tokenizer.encode(texts)
+    ours = tiny_tokenizer.encode(texts)
+    assert [e.ids for e in hf.encode_batch(texts, add_special_tokens=False)] == ours
+    assert [e.ids for e in hf.encode_batch(texts)] == [[tiny_tokenizer.get_bos_token_id()] + ids for ids in ours]
 
 
 def test_hf_export_tie_breaking_stress(overlap_tokenizer, tmp_path):
@@ -477,7 +478,7 @@ def test_hf_export_tie_breaking_stress(overlap_tokenizer, tmp_path):
     hf = _export(tok, tmp_path)
     rng = random.Random(11)
     texts = ["".join(rng.choice("aab ") for _ in range(rng.randrange(1, 80))) for _ in range(3000)]
-    theirs = [e.ids for e in hf.encode_batch(texts)]
+    theirs = [e.ids for e in hf.encode_batch(texts, add_special_tokens=False)]
     assert tok.encode(texts) == theirs
 
 
@@ -485,21 +486,26 @@ def test_hf_export_special_tokens(tiny_tokenizer, tmp_path):
     tok = tiny_tokenizer
     hf = _export(tok, tmp_path)
     ref = tiktoken_reference(tok)
+    hf_names = dict(zip(SPECIAL_TOKENS, HF_SPECIAL_TOKENS))
     for name in SPECIAL_TOKENS:
-        assert hf.token_to_id(name) == tok.encode_special(name)
+        assert hf.token_to_id(hf_names[name]) == tok.encode_special(name) and hf.token_to_id(name) is None
     rng = random.Random(12)
     for _ in range(200):
-        # special tokens in the middle of text: HF matches them as added tokens, as tiktoken does
-        # with allowed_special="all"; our own encode() treats the same string as plain text
-        text = "".join(random_unicode(rng, 10) + rng.choice(SPECIAL_TOKENS) for _ in range(rng.randrange(1, 4)))
-        assert hf.encode(text).ids == ref.encode(text, allowed_special="all")
-        assert max(tok.encode(text)) < tok.get_bos_token_id()
+        # the export's spelling of a special token, between pieces of text, is that token (meant as
+        # one); the text pieces get tiktoken's ids, our spelling of a special token among them included
+        pieces = [(random_unicode(rng, 10), rng.choice(SPECIAL_TOKENS)) for _ in range(rng.randrange(1, 4))]
+        text = "".join(t + hf_names[name] for t, name in pieces)
+        expected = [i for t, name in pieces for i in ref.encode_ordinary(t) + [tok.encode_special(name)]]
+        assert hf.encode(text, add_special_tokens=False).ids == expected
     ids, _ = tok.render_conversation([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}])
-    assert hf.decode(ids, skip_special_tokens=False) == tok.decode(ids)
+    decoded = tok.decode(ids)
+    for name in SPECIAL_TOKENS:
+        decoded = decoded.replace(name, hf_names[name])
+    assert hf.decode(ids, skip_special_tokens=False) == decoded
     assert hf.decode(ids, skip_special_tokens=True) == "hiyo"
 
 
 def test_hf_export_to_json_path(tiny_tokenizer, tmp_path):
     path = tiny_tokenizer.export_hf(str(tmp_path / "sub" / "my_tokenizer.json"))
     hf = tokenizers.Tokenizer.from_file(path)
-    assert hf.encode("Hello, world!").ids == tiny_tokenizer.encode("Hello, world!")
+    assert hf.encode("Hello, world!", add_special_tokens=False).ids == tiny_tokenizer.encode("Hello, world!")
