@@ -162,10 +162,16 @@ def test_report_has_every_section_and_real_values(tiny_run):
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) == 5:
             rows[cells[0]] = cells[1:]
-    number = re.compile(r"^-?\d+\.\d+%?$")
-    assert number.match(rows["CORE"][0]), rows["CORE"]
+    # every score with its 95% interval and item count ("43.8 [23.1, 66.8] n=16"), the interval around it
+    estimate = re.compile(r"^(-?\d+\.\d+) \[(-?\d+\.\d+), (-?\d+\.\d+)\] n=(\d+)$")
+
+    def is_estimate(cell):
+        m = estimate.match(cell)
+        return bool(m) and float(m[2]) <= float(m[1]) <= float(m[3]) and int(m[4]) > 0
+
+    assert is_estimate(rows["CORE"][0]), rows["CORE"]
     for metric in ("ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "SpellingBee", "ChatCORE"):
-        assert rows[metric][0] == "-" and all(number.match(c) for c in rows[metric][1:]), (metric, rows[metric])
+        assert rows[metric][0] == "-" and all(is_estimate(c) for c in rows[metric][1:]), (metric, rows[metric])
     assert "**Who are you?**" in text.split("## Samples of the final model", 1)[1]
 
 
