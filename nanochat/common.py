@@ -179,9 +179,16 @@ def compute_init(device_type="", seed=42):
     return ComputeInfo(ddp, rank, local_rank, world_size, device)
 
 
-def compute_cleanup():
-    """Leave the process group (a no-op in one process)."""
+def compute_cleanup(together=False):
+    """Leave the process group (a no-op in one process).
+
+    together=True, at the normal end of a run, first waits for every rank: a rank that tore gloo
+    down while another was still writing its outputs died with SIGABRT ("terminate called without an
+    active exception") in CI. Error paths leave at once: the other ranks may never reach a barrier.
+    """
     if dist.is_available() and dist.is_initialized():
+        if together:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -354,7 +354,7 @@ class Stage:
             self.fail(e)
         if self.args.dry_run:
             print0(f"{self.name}: dry run, stopping before training (nothing written)")
-            compute_cleanup()
+            compute_cleanup(together=True)
             sys.exit(0)
         self.num_iterations, self.time_budget_s = num_iterations, time_budget_s
         self.meter = ProgressMeter(tokens_per_step, flops_per_token, self.peak_flops, self.world_size, num_iterations,
@@ -496,5 +496,5 @@ class Stage:
                          artifacts=files, extra=extra)
         if self.wandb_run is not None:
             self.wandb_run.finish()
-        compute_cleanup()
+        compute_cleanup(together=True)
         return summary

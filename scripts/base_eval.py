@@ -139,4 +139,4 @@ if master:
                         model_tag=model_tag, step=step, extra=extra)
     print0(f"wrote {path}")
 
-compute_cleanup()
+compute_cleanup(together=True)

@@ -88,4 +88,4 @@ if master:
     save_results("base_loss", model_tag=meta["model_tag"], step=meta["step"], config=vars(args), metrics=results,
                  extra=dict(samples=samples))
 print0(json.dumps(dict(step=meta["step"], packing=packing, **results)))
-compute_cleanup()
+compute_cleanup(together=True)

@@ -124,4 +124,4 @@ if compute.master:
                         extra={"tasks": results, "intervals": intervals, "world_size": compute.world_size})
     print0(f"wrote {path}")
 print0(json.dumps(metrics))  # the last line: the metrics as JSON
-compute_cleanup()
+compute_cleanup(together=True)
