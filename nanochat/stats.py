@@ -3,6 +3,7 @@ How sure a score is: 95% intervals for the evaluations' numbers, and their one-l
 
     low, high = wilson_interval(7, 16)                           # an accuracy: 7 of 16 items
     low, high = bootstrap_centered_mean([(7, 16, 0.25), (30, 100, 0.0)])   # CORE / ChatCORE
+    low, high = bootstrap_mean([5, 2, 1], [0.0, 0.5, 1.0])         # pass@1: 8 questions, 2 samples each
     fmt_estimate(7 / 16, (low, high), 16)                        # '43.8 [23.1, 66.8] n=16'
 
 - An accuracy (k of n items right) gets the Wilson score interval (Wilson 1927, "Probable inference,
@@ -14,9 +15,13 @@ How sure a score is: 95% intervals for the evaluations' numbers, and their one-l
   score is defined on this set of tasks; its noise is which items were drawn). Redrawing n items of
   which k are right gives Binomial(n, k / n) right answers, so a task's counts are all the draw needs.
   Seeded: the same counts give the same interval on every run.
+- A mean over independent units that each score one of a few values (chat_rl's pass@1: each
+  question's fraction of correct samples, j / k) gets a percentile bootstrap over the units: a
+  replicate redraws the questions with replacement, i.e. a Multinomial draw of the histogram.
 
 What the intervals do NOT cover: the run-to-run noise of training (another seed gives another
-model), and items that are not independent draws (pass@k over several samples of one problem).
+model), and samples that are not independent draws (the k samples of one question are one unit:
+pass@1 resamples questions, never samples).
 Fractions in and out (0..1); fmt_estimate shows accuracies in percent.
 """
 
@@ -52,6 +57,19 @@ def bootstrap_centered_mean(tasks, resamples=BOOTSTRAP_RESAMPLES, seed=BOOTSTRAP
     rng = np.random.default_rng(seed)
     draws = rng.binomial(total.astype(np.int64), correct / total, size=(resamples, len(tasks)))  # (R, T)
     means = ((draws / total - baseline) / (1.0 - baseline)).mean(axis=1)  # centred accuracies (R, T) -> (R,)
+    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
+def bootstrap_mean(histogram, values, resamples=BOOTSTRAP_RESAMPLES, seed=BOOTSTRAP_SEED, level=0.95):
+    """(low, high): the percentile bootstrap interval of the mean over units, where histogram[i]
+    units score values[i] (at least one unit)."""
+    histogram, values = np.asarray(histogram, dtype=np.int64), np.asarray(values, dtype=np.float64)
+    assert histogram.shape == values.shape and (histogram >= 0).all() and histogram.sum() >= 1, \
+        f"bad histogram {histogram.tolist()} of values {values.tolist()}"
+    n = int(histogram.sum())
+    rng = np.random.default_rng(seed)
+    means = rng.multinomial(n, histogram / n, size=resamples) @ values / n  # (R,)
     low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
     return float(low), float(high)
 

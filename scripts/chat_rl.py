@@ -72,6 +72,7 @@ from nanochat.flags import add_compute_flags, add_eval_items_flag, add_optimizer
     add_run_flags, add_source_flags, renamed
 from nanochat.plan import rl_plan
 from nanochat.stage import Stage, due
+from nanochat.stats import bootstrap_mean, fmt_estimate, interval_record, wilson_interval
 from nanochat.task_eval import eval_indices, reply_text
 from tasks.registry import RL_TASKS, load_rl_task
 
@@ -174,7 +175,7 @@ optimizers = run.setup_optimizers(model)  # fine-tuning: every lr x --init-lr-fr
 
 run.meta_extra = dict(source=args.source, source_step=source_step)
 run.fit_device_batch(slot_len, questions_per_rank * args.num_samples)  # explicit micro-batch; the plan's shapes
-data_position = run.start(dict(eval=None, last_reward=None), None, None, num_iterations,  # MFU of decoding: n/a
+data_position = run.start(dict(eval=None, intervals={}, last_reward=None), None, None, num_iterations,  # MFU of decoding: n/a
                           plan=rl_plan(num_iterations * args.questions_per_step * args.num_samples * slot_len, model,
                                        kv_bytes))
 assert data_position in (None, run.step * args.questions_per_step), f"data position {data_position} is not step x Q"
@@ -234,16 +235,21 @@ def evaluate(step, last):
     prompts = [tokenizer.render_for_completion(c) for c in conversations]
     with autocast:
         results = engine.generate_many(prompts, params) if indices else []
-    frac_correct = any_correct = 0.0
+    k = args.eval_samples
+    histogram = [0] * (k + 1)  # histogram[j]: questions with j of their k samples correct
     for conversation, completions in zip(conversations, results):
-        correct = [test_task.reward(conversation, reply_text(tokenizer, c.tokens)) > 0 for c in completions]
-        frac_correct += sum(correct) / len(correct)
-        any_correct += float(any(correct))
-    frac_correct, any_correct, total = sum_over_ranks([frac_correct, any_correct, len(indices)])
-    run.loop["eval"] = {"pass@1": frac_correct / total, f"pass@{args.eval_samples}": any_correct / total,
-                        "eval_questions": int(total)}
-    scores = " | ".join(f"{k} {v:.4f}" for k, v in run.loop["eval"].items() if k.startswith("pass@"))
-    run.record_eval(f"{scores} on {int(total)} test questions | eval {time.perf_counter() - t0:.1f}s",
+        histogram[sum(test_task.reward(conversation, reply_text(tokenizer, c.tokens)) > 0 for c in completions)] += 1
+    histogram = [int(h) for h in sum_over_ranks(histogram)]
+    total = sum(histogram)
+    pass_1 = sum(j * h for j, h in enumerate(histogram)) / (k * total)
+    pass_k = (total - histogram[0]) / total
+    run.loop["eval"] = {"pass@1": pass_1, f"pass@{k}": pass_k, "eval_questions": total}
+    run.loop["intervals"] = {  # 95%: questions are the independent units (nanochat/stats.py)
+        "pass@1": interval_record(*bootstrap_mean(histogram, [j / k for j in range(k + 1)]), total, "bootstrap"),
+        f"pass@{k}": interval_record(*wilson_interval(total - histogram[0], total), total, "wilson")}
+    scores = " | ".join(f"{name} {fmt_estimate(run.loop['eval'][name], (i['low'], i['high']), total, percent=False)}"
+                        for name, i in run.loop["intervals"].items())
+    run.record_eval(f"{scores} (n: test questions) | eval {time.perf_counter() - t0:.1f}s",
                     **run.loop["eval"], train_time=run.meter.train_time)
 
 
@@ -338,4 +344,4 @@ for step in run.steps(evaluate):
 loop = run.loop
 run.finish(dict(final_eval=loop["eval"], last_reward=loop["last_reward"]),
            metrics=dict(loop["eval"] or {}, last_reward=loop["last_reward"]),
-           artifacts=dict(samples=samples_path), extra=dict(source_step=source_step))
+           artifacts=dict(samples=samples_path), extra=dict(source_step=source_step, intervals=loop.get("intervals") or {}))

@@ -172,6 +172,11 @@ def test_rl_raises_the_reward_and_writes_its_outputs(env, whole_run):
         results = json.load(f)
     assert results["stage"] == "chat_rl" and results["source"] == "sft" and results["step"] == 40
     assert results["metrics"]["pass@4"] == evals[40]["pass@4"]
+    intervals = results["extra"]["intervals"]  # 95%, over the questions (report.md shows them)
+    assert set(intervals) == {"pass@1", "pass@4"}
+    for name, interval in intervals.items():
+        assert interval["n"] == evals[40]["eval_questions"] and interval["low"] <= evals[40][name] <= interval["high"]
+        assert interval["high"] - interval["low"] > 0 or evals[40][name] in (0.0, 1.0)
 
 
 def test_the_reward_is_the_replys_own_answer(env, whole_run, answer_tokenizer, monkeypatch):

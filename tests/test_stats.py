@@ -3,7 +3,8 @@ nanochat/stats.py against references: the Wilson interval against its closed for
 k = n, against the roots of its defining quadratic for every k of small n, against the normal
 approximation at large n, and by its exact coverage (a sum over the binomial pmf, no sampling); the
 bootstrap against the exact binomial quantiles of one task, the 1/sqrt(T) narrowing over T equal
-tasks, its centring and its seed.
+tasks, its centring and its seed; the bootstrap of a mean over units (pass@1) against the binomial
+for 0/1 units and the central limit theorem for many-valued ones.
 
     uv run pytest tests/test_stats.py -q
 """
@@ -13,7 +14,7 @@ import math
 import numpy as np
 import pytest
 
-from nanochat.stats import Z95, bootstrap_centered_mean, fmt_estimate, interval_record, wilson_interval
+from nanochat.stats import Z95, bootstrap_centered_mean, bootstrap_mean, fmt_estimate, interval_record, wilson_interval
 
 
 def test_z95_is_the_normal_quantile():
@@ -109,3 +110,24 @@ def test_formats():
     assert fmt_estimate(0.1234, (0.0812, 0.165), 1500, percent=False) == "0.1234 [0.0812, 0.1650] n=1,500"
     assert interval_record(0.1, 0.2, 16, "wilson") == {"low": 0.1, "high": 0.2, "n": 16, "method": "wilson",
                                                        "level": 0.95}
+
+
+def test_bootstrap_mean_of_zero_one_units_follows_the_binomial():
+    """Units scoring 0 or 1: a mean's replicates are Binomial(n, k/n) / n, as for one task."""
+    n, k = 200, 60
+    low, high = bootstrap_mean([n - k, k], [0.0, 1.0])
+    assert low == pytest.approx(binomial_quantile(n, k / n, 0.025) / n, abs=3 / n)
+    assert high == pytest.approx(binomial_quantile(n, k / n, 0.975) / n, abs=3 / n)
+
+
+def test_bootstrap_mean_follows_the_central_limit_theorem():
+    """pass@1 of 400 questions with 4 samples each: the interval is about mean +- 1.96 sd / sqrt(n)
+    (the units' own sd), within the percentile bootstrap's sampling error at 1000 resamples."""
+    histogram, values = np.array([150, 60, 50, 60, 80]), np.arange(5) / 4
+    n = histogram.sum()
+    mean = histogram @ values / n
+    se = math.sqrt(histogram @ (values - mean) ** 2 / n / n)
+    low, high = bootstrap_mean(histogram, values)
+    assert low == pytest.approx(mean - Z95 * se, abs=0.2 * se) and high == pytest.approx(mean + Z95 * se, abs=0.2 * se)
+    assert bootstrap_mean(histogram, values) == (low, high)  # seeded
+    assert bootstrap_mean([0, 7, 0], [0.0, 0.5, 1.0]) == (0.5, 0.5)  # every unit alike: no spread
