@@ -4,6 +4,10 @@ The OpenAI Chat Completions request, as scripts/chat_web.py accepts it: the limi
 OpenAI-shaped error bodies. Every rejection is an ApiError(status, message, param, code) that the
 server answers as {"error": {"message", "type", "param", "code"}}; a value quoted back in a message
 is cut to ECHO_CHARS characters. Tests: tests/test_chat_web.py, over HTTP and in-process.
+
+Sampling limits: temperature in [0, 2], where 0 and any value below nanochat.sampling.GREEDY_BELOW
+(1e-4) decode greedily (a tinier one would overflow logits / T); top_p in (0, 1]; top_k 0 (all
+tokens) to MAX_TOP_K; max_tokens (or max_completion_tokens) 1 to MAX_TOKENS_LIMIT; n 1 to MAX_N.
 """
 
 import json
