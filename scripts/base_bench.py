@@ -1,82 +1,178 @@
 """
-Time-to-bpb on this machine: pretrain a depth-4, sequence-512 model on the data mirror for a fixed
-training-time budget and report throughput, MFU and the validation bpb reached at 2, 5 and 10 minutes.
+Time to a fixed val bpb on this machine: runcpu.sh's base stage as it was (BEFORE) against the one
+it runs now (AFTER, read from runcpu.sh), two seeds each, run in turn on the data mirror.
 
-    python -m scripts.base_bench                 # 10 minutes (the number for dev/LOG.md)
-    python -m scripts.base_bench --minutes 2     # a quick check
+    python -m scripts.base_bench                                  # the comparison (~40 min on 2 cores)
+    python -m scripts.base_bench --configs after --seeds 0        # today's runcpu base stage, once
+    python -m scripts.base_bench --configs after --seeds 0 --after-flags="--max-train-minutes=3 --matrix-lr=0.04"
+                                                                  # an experiment: runcpu's flags, some replaced
+(--after-flags=... / --before-flags=...: with "=", since the value starts with "--".)
 
-It runs `python -m scripts.base_train` (one process, the default device) with --max-train-minutes, so
-the learning-rate schedule (warm-down included) spans the whole budget, evaluation time is not counted
-and val bpb is measured when the training time passes 2 and 5 minutes and at the end. The run works in
-a temporary base dir holding a copy of the project's tokenizer (get_base_dir()/tokenizer, made by
-scripts/tok_train.py), so it leaves no checkpoints behind. Data: $NANOCHAT_DATA_DIR, else ../shared/data.
+Each run is `python -m scripts.base_train` with the config's flags (one process, the default device)
+plus --seed, --dtype (default float32: a machine without fast bf16 must gain too; `--dtype auto` is
+what runcpu.sh does), an evaluation every --eval-interval minutes of training time and at the end,
+no checkpoints and no samples, in a temporary base dir holding a copy of the project's tokenizer
+(get_base_dir()/tokenizer, made by scripts/tok_train.py). The runs go seed by seed, BEFORE then
+AFTER, so that a drift of the machine's speed hits both alike.
 
-Prints a table and, as its last line, one JSON object: tok_per_s, mfu, bpb_at_2min, bpb_at_5min,
-bpb_at_10min (null where the budget was shorter), plus the settings.
+The target bpb (default) is the mean final val bpb of the BEFORE runs: what today's defaults reach
+in their budget on this machine in this run. A run's time to target is the training time (evaluation
+excluded, compilation included) of its first evaluation at or below the target; the speed-up is the
+median BEFORE time over the median AFTER time. Both configs are scored on the same validation tokens
+(the benchmark refuses configs whose --max-seq-len, --packing or --eval-tokens differ: another
+validation set is not the same bpb).
+
+Prints each run's curve, a table and, as its last line, one JSON object with every run and the speed-up.
 """
 
 import argparse
 import json
 import os
+import re
+import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 
 from nanochat.common import get_base_dir
-from nanochat.flags import DEVICE_TYPES, renamed
+from nanochat.flags import DEVICE_TYPES
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CHECKPOINTS = (2, 5, 10)  # minutes of training time at which val bpb is reported
 
-parser = argparse.ArgumentParser(description="Time-to-bpb benchmark of pretraining (depth 4, sequence 512).")
-parser.add_argument("--minutes", type=float, default=10.0, help="training-time budget in minutes (evaluation excluded)")
-parser.add_argument("--depth", type=int, default=4, help="model depth")
-parser.add_argument("--max-seq-len", type=int, default=512, help="sequence length")
-parser.add_argument("--device-batch-size", type=int, default=8, help="rows per forward/backward")
-parser.add_argument("--total-batch-tokens", type=int, default=4096, help="tokens per optimizer step")
-renamed(parser, "--total-batch-size", "--total-batch-tokens")
-parser.add_argument("--eval-tokens", type=int, default=16384, help="val tokens per evaluation")
-parser.add_argument("--device-type", default=None, choices=DEVICE_TYPES, help="device (default: autodetect)")
-parser.add_argument("--data-dir", default=None, help="data mirror (default: $NANOCHAT_DATA_DIR, else ../shared/data)")
-args = parser.parse_args()
+# runcpu.sh's base stage before issue 19 (commit 637edfb): 10 minutes of training time
+BEFORE = ["--depth=4", "--max-seq-len=512", "--device-batch-size=8", "--total-batch-tokens=8192",
+          "--max-train-minutes=10", "--eval-every=-1", "--eval-tokens=65536", "--sample-every=-1"]
+SAME_VALIDATION = ("--max-seq-len", "--packing", "--eval-tokens")  # flags that pick the val tokens
 
-data_dir = args.data_dir or os.environ.get("NANOCHAT_DATA_DIR") or os.path.join(REPO_ROOT, "..", "shared", "data")
-tokenizer_dir = os.path.join(get_base_dir(), "tokenizer")
-if not os.path.isdir(os.path.join(data_dir, "pretrain")):
-    sys.exit(f"base_bench: error: no pretrain/ folder in the data mirror {data_dir}; pass --data-dir or set NANOCHAT_DATA_DIR")
-if not os.path.isdir(tokenizer_dir):
-    sys.exit(f"base_bench: error: no tokenizer in {tokenizer_dir}; train one with `python -m scripts.tok_train`")
 
-with tempfile.TemporaryDirectory(prefix="nanochat_bench_") as base_dir:
-    shutil.copytree(tokenizer_dir, os.path.join(base_dir, "tokenizer"))
-    env = dict(os.environ, NANOCHAT_BASE_DIR=base_dir, NANOCHAT_DATA_DIR=os.path.abspath(data_dir))
-    eval_at = ",".join(str(m) for m in CHECKPOINTS if m < args.minutes)
-    cmd = [sys.executable, "-m", "scripts.base_train", f"--depth={args.depth}", f"--max-seq-len={args.max_seq_len}",
-           f"--device-batch-size={args.device_batch_size}", f"--total-batch-tokens={args.total_batch_tokens}",
-           f"--max-train-minutes={args.minutes}", f"--eval-at-minutes={eval_at}", "--eval-every=-1",
-           f"--eval-tokens={args.eval_tokens}", "--sample-every=-1", "--save-every=0", "--model-tag=bench",
-           *([f"--device-type={args.device_type}"] if args.device_type else [])]
-    print(" ".join(cmd), flush=True)
-    subprocess.run(cmd, cwd=REPO_ROOT, env=env, check=True)
-    run_dir = os.path.join(base_dir, "base_checkpoints", "bench")
-    with open(os.path.join(run_dir, "summary.json")) as f:
-        summary = json.load(f)
-    with open(os.path.join(run_dir, "log.jsonl")) as f:
-        evals = [rec for rec in map(json.loads, f) if "val_bpb" in rec]
+def runcpu_base_flags(path=os.path.join(REPO_ROOT, "runcpu.sh")):
+    """The flags of runcpu.sh's `stage base_train ... python -m scripts.base_train FLAGS` line."""
+    with open(path) as f:
+        text = f.read().replace("\\\n", " ")  # join continued lines
+    line = next((l for l in text.splitlines() if l.startswith("stage base_train ")), None)
+    if line is None:
+        raise ValueError(f"no `stage base_train` line in {path}")
+    words = shlex.split(line, comments=True)
+    return words[words.index("scripts.base_train") + 1:]
 
-print(f"\n{'train time (min)':>16} | {'val bpb':>8}")
-for rec in evals:
-    print(f"{rec['train_time'] / 60:>16.2f} | {rec['val_bpb']:>8.4f}")
-result = dict(tok_per_s=summary["tok_per_s"], mfu=summary["mfu"])
-for m in CHECKPOINTS:
-    if m > args.minutes:
-        result[f"bpb_at_{m}min"] = None
-    elif m == args.minutes:
-        result[f"bpb_at_{m}min"] = summary["final_val_bpb"]
-    else:  # the first evaluation once the training time passed m minutes
-        result[f"bpb_at_{m}min"] = next(r["val_bpb"] for r in evals if r["train_time"] >= m * 60)
-result.update(minutes=args.minutes, depth=args.depth, max_seq_len=args.max_seq_len,
-              total_batch_tokens=args.total_batch_tokens, steps=summary["step"], total_tokens=summary["total_tokens"])
-print(f"tok/s {result['tok_per_s']:,.0f} | MFU {100 * (result['mfu'] or 0):.1f}% | {summary['step']} steps")
-print(json.dumps(result))
+
+def flag_values(flags):
+    """{--name: value} of --name=value flags (the form BEFORE and runcpu.sh use)."""
+    values = {}
+    for flag in flags:
+        if not re.fullmatch(r"--[a-z0-9-]+=\S*", flag):
+            raise ValueError(f"write flags as --name=value, got {flag!r}")
+        name, value = flag.split("=", 1)
+        values[name] = value
+    return values
+
+
+def merged(flags, overrides):
+    """flags with the --name=value of overrides replacing (or added to) theirs."""
+    values = flag_values(flags)
+    values.update(flag_values(overrides))
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def time_to_target(evals, target):
+    """Training seconds of the first evaluation at or below target (None: never reached)."""
+    return next((e["train_time"] for e in evals if e["val_bpb"] <= target), None)
+
+
+def run_base_train(flags, seed, args, data_dir, tokenizer_dir):
+    """One base_train run in a temporary base dir; its summary and its evaluations."""
+    minutes = float(flag_values(flags)["--max-train-minutes"])
+    n = int(minutes / args.eval_interval + 1e-9)
+    eval_at = ",".join(f"{k * args.eval_interval:g}" for k in range(1, n + 1) if k * args.eval_interval < minutes)
+    with tempfile.TemporaryDirectory(prefix="nanochat_bench_") as base_dir:
+        shutil.copytree(tokenizer_dir, os.path.join(base_dir, "tokenizer"))
+        env = dict(os.environ, NANOCHAT_BASE_DIR=base_dir, NANOCHAT_DATA_DIR=os.path.abspath(data_dir))
+        cmd = [sys.executable, "-m", "scripts.base_train", *flags, f"--seed={seed}", f"--dtype={args.dtype}",
+               f"--eval-at-minutes={eval_at}", "--save-every=0", "--model-tag=bench",
+               *([f"--device-type={args.device_type}"] if args.device_type else [])]
+        print(" ".join(cmd), flush=True)
+        subprocess.run(cmd, cwd=REPO_ROOT, env=env, check=True)
+        run_dir = os.path.join(base_dir, "base_checkpoints", "bench")
+        with open(os.path.join(run_dir, "summary.json")) as f:
+            summary = json.load(f)
+        with open(os.path.join(run_dir, "log.jsonl")) as f:
+            evals = [dict(train_time=r["train_time"], val_bpb=r["val_bpb"]) for r in map(json.loads, f) if "val_bpb" in r]
+    return summary, evals
+
+
+def main():
+    parser = argparse.ArgumentParser(description="Time to a fixed val bpb: runcpu.sh's base stage before vs now.")
+    parser.add_argument("--configs", default="before,after", help="which to run, in this order per seed")
+    parser.add_argument("--seeds", default="0,1", help="comma-separated weight-init seeds")
+    parser.add_argument("--dtype", default="float32", choices=("auto", "float32", "bfloat16"),
+                        help="compute dtype of every run (float32: the gain must hold without fast bf16)")
+    parser.add_argument("--after-flags", default="", help="base_train flags (--name=value) replacing runcpu.sh's in AFTER")
+    parser.add_argument("--before-flags", default="", help="base_train flags (--name=value) replacing BEFORE's")
+    parser.add_argument("--target-bpb", type=float, default=None, help="default: the BEFORE runs' mean final val bpb")
+    parser.add_argument("--eval-interval", type=float, default=1.0, help="minutes of training time between evaluations")
+    parser.add_argument("--device-type", default=None, choices=DEVICE_TYPES, help="device (default: autodetect)")
+    parser.add_argument("--data-dir", default=None, help="data mirror (default: $NANOCHAT_DATA_DIR, else ../shared/data)")
+    args = parser.parse_args()
+
+    try:
+        configs = {"before": merged(BEFORE, shlex.split(args.before_flags)),
+                   "after": merged(runcpu_base_flags(), shlex.split(args.after_flags))}
+    except ValueError as e:
+        parser.error(str(e))
+    names = [c.strip() for c in args.configs.split(",") if c.strip()]
+    if not names or set(names) - set(configs):
+        parser.error(f"--configs takes a list of {sorted(configs)}, got {args.configs!r}")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        parser.error(f"--seeds takes comma-separated integers, got {args.seeds!r}")
+    if not seeds or args.eval_interval <= 0:
+        parser.error("need at least one seed and a positive --eval-interval")
+    if "before" not in names and args.target_bpb is None:
+        print("base_bench: no BEFORE run and no --target-bpb: times to target are not reported", flush=True)
+    views = {name: {k: flag_values(flags).get(k) for k in SAME_VALIDATION} for name, flags in configs.items()}
+    if len(names) > 1 and len({json.dumps(views[n], sort_keys=True) for n in names}) > 1:
+        parser.error(f"the configs would be scored on different validation tokens: {views}")
+    data_dir = args.data_dir or os.environ.get("NANOCHAT_DATA_DIR") or os.path.join(REPO_ROOT, "..", "shared", "data")
+    tokenizer_dir = os.path.join(get_base_dir(), "tokenizer")
+    if not os.path.isdir(os.path.join(data_dir, "pretrain")):
+        sys.exit(f"base_bench: error: no pretrain/ folder in the data mirror {data_dir}; pass --data-dir or set NANOCHAT_DATA_DIR")
+    if not os.path.isdir(tokenizer_dir):
+        sys.exit(f"base_bench: error: no tokenizer in {tokenizer_dir}; train one with `python -m scripts.tok_train`")
+    for name in names:
+        print(f"{name}: {' '.join(configs[name])}", flush=True)
+
+    runs = []
+    for seed in seeds:
+        for name in names:
+            summary, evals = run_base_train(configs[name], seed, args, data_dir, tokenizer_dir)
+            runs.append(dict(config=name, seed=seed, steps=summary["step"], tok_per_s=summary["tok_per_s"],
+                             mfu=summary["mfu"], training_time_s=summary["training_time_s"],
+                             final_val_bpb=summary["final_val_bpb"], compute_dtype=summary["compute_dtype"], evals=evals))
+            print(f"{name} seed {seed}: " + " | ".join(f"{e['train_time'] / 60:.2f} min {e['val_bpb']:.4f}" for e in evals), flush=True)
+
+    before = [r["final_val_bpb"] for r in runs if r["config"] == "before"]
+    target = args.target_bpb if args.target_bpb is not None else (statistics.mean(before) if before else None)
+    for r in runs:
+        r["time_to_target_s"] = time_to_target(r["evals"], target) if target is not None else None
+    print(f"\ntarget val bpb {target if target is None else round(target, 4)} ({'--target-bpb' if args.target_bpb is not None else 'mean final of BEFORE'})")
+    print(f"{'config':>7} | {'seed':>4} | {'steps':>5} | {'tok/s':>7} | {'MFU':>6} | {'dtype':>8} | {'final bpb':>9} | {'to target (min)':>15}")
+    for r in runs:
+        t = r["time_to_target_s"]
+        print(f"{r['config']:>7} | {r['seed']:>4} | {r['steps']:>5} | {r['tok_per_s']:>7,.0f} | {100 * (r['mfu'] or 0):>5.1f}% | "
+              f"{r['compute_dtype']:>8} | {r['final_val_bpb']:>9.4f} | {'not reached' if t is None else f'{t / 60:.2f}':>15}")
+    times = {name: [r["time_to_target_s"] for r in runs if r["config"] == name] for name in names}
+    speedup = None
+    if {"before", "after"} <= set(names) and all(t is not None for t in times["before"] + times["after"]):
+        speedup = statistics.median(times["before"]) / statistics.median(times["after"])
+        print(f"speed-up to val bpb {target:.4f}: {speedup:.2f}x (median time of BEFORE / AFTER)")
+    elif {"before", "after"} <= set(names):
+        print("speed-up: AFTER did not reach the target in every run")
+    print(json.dumps(dict(target_bpb=target, speedup=speedup, dtype=args.dtype, configs={n: configs[n] for n in names},
+                          runs=runs)))
+
+
+if __name__ == "__main__":
+    main()

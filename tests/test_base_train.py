@@ -285,3 +285,27 @@ def test_bad_flags_and_inputs_give_clear_errors(env, tmp_path, flags, env_change
     assert out.returncode != 0
     assert message in out.stderr, out.stderr[-2000:]
     assert "Traceback" not in out.stderr
+
+
+def test_base_bench_compares_before_and_after_on_the_same_val_tokens(env, tmp_path):
+    """scripts/base_bench end to end on the tiny mirror (both configs shrunk by --before-flags /
+    --after-flags): two runs, the target is BEFORE's final val bpb, which BEFORE reaches by its last
+    evaluation; configs that would be scored on other val tokens are refused. runcpu.sh's own base
+    flags (what AFTER starts from) pass base_train's checks (--dry-run)."""
+    from scripts.base_bench import runcpu_base_flags
+    tiny = " ".join(COMMON + ["--max-train-minutes=0.02"])
+    cmd = [sys.executable, "-m", "scripts.base_bench", "--configs=before,after", "--seeds=0", "--eval-interval=0.01",
+           f"--before-flags={tiny}", f"--after-flags={tiny} --matrix-lr=0.04"]
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    before, after = result["runs"]
+    assert (before["config"], after["config"]) == ("before", "after") and before["compute_dtype"] == "float32"
+    assert result["target_bpb"] == before["final_val_bpb"] and len(before["evals"]) >= 2
+    assert before["time_to_target_s"] is not None and before["time_to_target_s"] <= before["evals"][-1]["train_time"]
+    assert "--matrix-lr=0.04" in result["configs"]["after"] and "--matrix-lr=0.04" not in result["configs"]["before"]
+    other = subprocess.run(cmd[:-1] + [f"--after-flags={tiny} --eval-tokens={4 * B * T}"], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert other.returncode == 2 and "different validation tokens" in other.stderr
+    dry = run_train(env, *runcpu_base_flags(), "--dry-run")
+    assert "dry run" in dry.stdout
