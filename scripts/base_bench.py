@@ -15,12 +15,14 @@ no checkpoints and no samples, in a temporary base dir holding a copy of the pro
 (get_base_dir()/tokenizer, made by scripts/tok_train.py). The runs go seed by seed, BEFORE then
 AFTER, so that a drift of the machine's speed hits both alike.
 
-The target bpb (default) is the mean final val bpb of the BEFORE runs: what today's defaults reach
-in their budget on this machine in this run. A run's time to target is the training time (evaluation
-excluded, compilation included) of its first evaluation at or below the target; the speed-up is the
-median BEFORE time over the median AFTER time. Both configs are scored on the same validation tokens
-(the benchmark refuses configs whose --max-seq-len, --packing or --eval-tokens differ: another
-validation set is not the same bpb).
+The target (default) is seed by seed: the final val bpb of that seed's BEFORE run, i.e. what today's
+defaults reach in their budget on this machine in this run; BEFORE's time is its training time, and
+AFTER's is when its eval curve (val bpb against training time, evaluation excluded, compilation
+included; an evaluation every --eval-interval minutes and at the end) first crosses that bpb,
+interpolated linearly between the two evaluations around the crossing. The speed-up is the median
+over seeds of BEFORE's time / AFTER's. With --target-bpb every run's time is its crossing of that
+value. Both configs are scored on the same validation tokens (the benchmark refuses configs whose
+--max-seq-len, --packing or --eval-tokens differ: another validation set is not the same bpb).
 
 Prints each run's curve, a table and, as its last line, one JSON object with every run and the speed-up.
 """
@@ -77,8 +79,17 @@ def merged(flags, overrides):
 
 
 def time_to_target(evals, target):
-    """Training seconds of the first evaluation at or below target (None: never reached)."""
-    return next((e["train_time"] for e in evals if e["val_bpb"] <= target), None)
+    """Training seconds at which the eval curve first reaches target: linear between the evaluation
+    before and the first at or below it (None: never reached)."""
+    prev = None
+    for e in evals:
+        if e["val_bpb"] <= target:
+            if prev is None or prev["val_bpb"] == e["val_bpb"]:
+                return e["train_time"]
+            frac = (prev["val_bpb"] - target) / (prev["val_bpb"] - e["val_bpb"])
+            return prev["train_time"] + frac * (e["train_time"] - prev["train_time"])
+        prev = e
+    return None
 
 
 def run_base_train(flags, seed, args, data_dir, tokenizer_dir):
@@ -153,24 +164,39 @@ def main():
                              final_val_bpb=summary["final_val_bpb"], compute_dtype=summary["compute_dtype"], evals=evals))
             print(f"{name} seed {seed}: " + " | ".join(f"{e['train_time'] / 60:.2f} min {e['val_bpb']:.4f}" for e in evals), flush=True)
 
-    before = [r["final_val_bpb"] for r in runs if r["config"] == "before"]
-    target = args.target_bpb if args.target_bpb is not None else (statistics.mean(before) if before else None)
+    speedups = []
+    for r in runs:  # the target of each run: --target-bpb, else the final bpb of its seed's BEFORE run
+        base = next((b for b in runs if b["config"] == "before" and b["seed"] == r["seed"]), None)
+        r["target_bpb"] = args.target_bpb if args.target_bpb is not None else (base and base["final_val_bpb"])
+        if r["target_bpb"] is None:
+            r["time_to_target_s"] = None
+        elif r["config"] == "before" and args.target_bpb is None:
+            r["time_to_target_s"] = r["training_time_s"]  # it reaches its own final at its end, by definition
+        else:
+            r["time_to_target_s"] = time_to_target(r["evals"], r["target_bpb"])
     for r in runs:
-        r["time_to_target_s"] = time_to_target(r["evals"], target) if target is not None else None
-    print(f"\ntarget val bpb {target if target is None else round(target, 4)} ({'--target-bpb' if args.target_bpb is not None else 'mean final of BEFORE'})")
-    print(f"{'config':>7} | {'seed':>4} | {'steps':>5} | {'tok/s':>7} | {'MFU':>6} | {'dtype':>8} | {'final bpb':>9} | {'to target (min)':>15}")
+        base = next((b for b in runs if b["config"] == "before" and b["seed"] == r["seed"]), None)
+        if r["config"] == "after" and base and r["time_to_target_s"] and base["time_to_target_s"]:
+            r["speedup"] = base["time_to_target_s"] / r["time_to_target_s"]
+            speedups.append(r["speedup"])
+    what = f"--target-bpb {args.target_bpb}" if args.target_bpb is not None else "the final val bpb of the seed's BEFORE run"
+    print(f"\ntarget: {what}")
+    print(f"{'config':>7} | {'seed':>4} | {'steps':>5} | {'tok/s':>7} | {'MFU':>6} | {'dtype':>8} | {'final bpb':>9} | "
+          f"{'target':>7} | {'to target (min)':>15} | {'speed-up':>8}")
     for r in runs:
-        t = r["time_to_target_s"]
+        t, target = r["time_to_target_s"], r["target_bpb"]
+        gain = f"{r['speedup']:.2f}x" if "speedup" in r else ""
         print(f"{r['config']:>7} | {r['seed']:>4} | {r['steps']:>5} | {r['tok_per_s']:>7,.0f} | {100 * (r['mfu'] or 0):>5.1f}% | "
-              f"{r['compute_dtype']:>8} | {r['final_val_bpb']:>9.4f} | {'not reached' if t is None else f'{t / 60:.2f}':>15}")
-    times = {name: [r["time_to_target_s"] for r in runs if r["config"] == name] for name in names}
-    speedup = None
-    if {"before", "after"} <= set(names) and all(t is not None for t in times["before"] + times["after"]):
-        speedup = statistics.median(times["before"]) / statistics.median(times["after"])
-        print(f"speed-up to val bpb {target:.4f}: {speedup:.2f}x (median time of BEFORE / AFTER)")
-    elif {"before", "after"} <= set(names):
-        print("speed-up: AFTER did not reach the target in every run")
-    print(json.dumps(dict(target_bpb=target, speedup=speedup, dtype=args.dtype, configs={n: configs[n] for n in names},
+              f"{r['compute_dtype']:>8} | {r['final_val_bpb']:>9.4f} | {'-' if target is None else f'{target:.4f}':>7} | "
+              f"{'not reached' if t is None else f'{t / 60:.2f}':>15} | {gain:>8}")
+    speedup = statistics.median(speedups) if speedups else None
+    paired = [r for r in runs if r["config"] == "after"]
+    if speedup is not None and len(speedups) == len(paired):
+        print(f"speed-up to the same val bpb: {speedup:.2f}x (median over seeds of BEFORE time / AFTER time)")
+    elif paired and "before" in names:
+        print(f"speed-up: AFTER reached BEFORE's bpb in {len(speedups)} of {len(paired)} seeds")
+        speedup = None
+    print(json.dumps(dict(speedup=speedup, dtype=args.dtype, configs={n: configs[n] for n in names},
                           runs=runs)))
 
 

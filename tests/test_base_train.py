@@ -287,12 +287,23 @@ def test_bad_flags_and_inputs_give_clear_errors(env, tmp_path, flags, env_change
     assert "Traceback" not in out.stderr
 
 
+def test_base_bench_time_to_target_interpolates_the_first_crossing():
+    from scripts.base_bench import time_to_target
+    curve = [dict(train_time=60.0, val_bpb=3.0), dict(train_time=120.0, val_bpb=2.0), dict(train_time=180.0, val_bpb=1.0),
+             dict(train_time=240.0, val_bpb=1.2), dict(train_time=300.0, val_bpb=0.5)]
+    assert time_to_target(curve, 2.5) == 90.0        # halfway between the evaluations at 3.0 and 2.0
+    assert time_to_target(curve, 1.0) == 180.0       # an evaluation exactly at the target
+    assert time_to_target(curve, 3.5) == 60.0        # below it at the first evaluation
+    assert time_to_target(curve, 0.75) == 240.0 + 60.0 * (1.2 - 0.75) / (1.2 - 0.5)  # after the bump, not before
+    assert time_to_target(curve, 0.1) is None
+
+
 def test_base_bench_compares_before_and_after_on_the_same_val_tokens(env, tmp_path):
     """scripts/base_bench end to end on the tiny mirror (both configs shrunk by --before-flags /
-    --after-flags): two runs, the target is BEFORE's final val bpb, which BEFORE reaches by its last
-    evaluation; configs that would be scored on other val tokens are refused. runcpu.sh's own base
+    --after-flags): two runs, the target of both is BEFORE's final val bpb, BEFORE's time its training
+    time, AFTER's the crossing of its curve (time_to_target) and the speed-up their ratio; configs that would be scored on other val tokens are refused. runcpu.sh's own base
     flags (what AFTER starts from) pass base_train's checks (--dry-run)."""
-    from scripts.base_bench import runcpu_base_flags
+    from scripts.base_bench import runcpu_base_flags, time_to_target
     tiny = " ".join(COMMON + ["--max-train-minutes=0.02"])
     cmd = [sys.executable, "-m", "scripts.base_bench", "--configs=before,after", "--seeds=0", "--eval-interval=0.01",
            f"--before-flags={tiny}", f"--after-flags={tiny} --matrix-lr=0.04"]
@@ -301,8 +312,11 @@ def test_base_bench_compares_before_and_after_on_the_same_val_tokens(env, tmp_pa
     result = json.loads(out.stdout.strip().splitlines()[-1])
     before, after = result["runs"]
     assert (before["config"], after["config"]) == ("before", "after") and before["compute_dtype"] == "float32"
-    assert result["target_bpb"] == before["final_val_bpb"] and len(before["evals"]) >= 2
-    assert before["time_to_target_s"] is not None and before["time_to_target_s"] <= before["evals"][-1]["train_time"]
+    assert before["target_bpb"] == after["target_bpb"] == before["final_val_bpb"] and len(before["evals"]) >= 2
+    assert before["time_to_target_s"] == before["training_time_s"]
+    assert after["time_to_target_s"] == time_to_target(after["evals"], before["final_val_bpb"])
+    if after["time_to_target_s"] is not None:
+        assert after["speedup"] == before["training_time_s"] / after["time_to_target_s"] == result["speedup"]
     assert "--matrix-lr=0.04" in result["configs"]["after"] and "--matrix-lr=0.04" not in result["configs"]["before"]
     other = subprocess.run(cmd[:-1] + [f"--after-flags={tiny} --eval-tokens={4 * B * T}"], cwd=REPO, env=env,
                            capture_output=True, text=True, timeout=600)
