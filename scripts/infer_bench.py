@@ -48,6 +48,7 @@ from nanochat.engine import Engine, SamplingParams
 from nanochat.flags import renamed
 from nanochat.gpt import GPT, GPTConfig
 from nanochat.llama_reference import llama_like
+from nanochat.roofline import decode_bound, describe
 
 parser = argparse.ArgumentParser(description="Inference benchmark: nanochat Engine vs HF transformers (CPU)")
 # what to run
@@ -182,6 +183,16 @@ def profile(fn, title, rows=20):
 
 summary = {}
 table = []  # (section, setting, ours tok/s, reference tok/s, ratio)
+roof = []   # (setting, ours tok/s, bound tok/s, what limits it, fraction)
+print(describe(torch.float32))
+
+
+def roofline(name, setting, rate, prompt_lens, new_tokens, shared_prompt=False):
+    """Our measured rate against the roofline bound of the same work (nanochat/roofline.py)."""
+    bound = decode_bound(ours, prompt_lens, new_tokens, shared_prompt)
+    bound_rate = len(prompt_lens) * new_tokens / bound.seconds
+    roof.append((setting, rate, bound_rate, bound.limit, rate / bound_rate))
+    summary[f"{name}_fraction_of_roofline"] = round(rate / bound_rate, 3)
 vocab = args.vocab_size
 
 if not args.skip_decode:
@@ -197,6 +208,7 @@ if not args.skip_decode:
         summary[f"decode_tok_per_s_batch{s}"] = round(med["ours"], 1)
         summary[f"hf_decode_tok_per_s_batch{s}"] = round(med["hf"], 1)
         summary[f"decode_speedup_vs_hf_batch{s}"] = round(med["ours"] / med["hf"], 3)
+        roofline(f"decode_batch{s}", f"decode, {s} sample(s)", med["ours"], [args.prompt_len] * s, n, shared_prompt=True)
 
 if not args.skip_cb:
     S, n = args.cb_sequences, args.cb_new_tokens
@@ -220,6 +232,8 @@ if not args.skip_cb:
                    batch1_vs_hf_continuous_batching=round(med["ours1"] / med["hf1"], 3),
                    batch16_vs_hf_continuous_batching=round(med["ours16"] / med["hf16"], 3),
                    batch16_speedup_vs_1=round(med["ours16"] / med["ours1"], 3))
+    roofline("cb1", "slots, 1 sequence", med["ours1"], [len(one[0])], n)
+    roofline(f"cb{S}", f"slots, {S} sequences", med["ours16"], lens, n)
     if args.profile:
         profile(lambda: ours_generate(one, n), "our decode, 1 sequence")
         profile(lambda: ours_generate(many, n), f"our continuous batching, {S} sequences")
@@ -265,4 +279,8 @@ if args.core:
 print(f"\n{'section':<34} {'setting':<14} {'ours':>9} {'reference':>10} {'ratio':>7}")
 for section, setting, a, b, r in table:
     print(f"{section:<34} {setting:<14} {a:>9.1f} {b:>10.1f} {r:>7.2f}")
+if roof:
+    print(f"\n{'roofline (fp32, prefill included)':<34} {'ours':>9} {'bound':>10} {'limit':>10} {'fraction':>9}")
+    for setting, rate, bound_rate, limit, frac in roof:
+        print(f"{setting:<34} {rate:>9.1f} {bound_rate:>10.1f} {limit:>10} {frac:>9.1%}")
 print(json.dumps(summary))

@@ -100,8 +100,7 @@ with torch.no_grad():
     model.lm_head.weight[special_ids] = 0.0  # never the best token: no reply ends early
 save_checkpoint(os.path.join(base_dir, SOURCE_DIRS["sft"], f"d{DEPTH}"), 0, model.state_dict(), None,
                 {"model_config": asdict(cfg)})
-n_params = sum(p.numel() for p in model.parameters())
-del model
+n_params = sum(p.numel() for p in model.parameters())  # the model stays for the roofline's counts
 
 if args.peer:
     from transformers import GenerationConfig
@@ -177,7 +176,7 @@ try:
     # load
 
     def one_request(server, prompt):
-        """Stream one chat completion -> (time to first token, completion tokens)."""
+        """Stream one chat completion -> (time to first token, completion tokens, prompt tokens)."""
         body = {"model": server["model"], "messages": [{"role": "user", "content": prompt}], "max_tokens": args.max_new_tokens,
                 "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True}}
         conn = http.client.HTTPConnection("127.0.0.1", server["port"], timeout=600)
@@ -185,7 +184,7 @@ try:
         conn.request("POST", "/v1/chat/completions", body=json.dumps(body), headers={"Content-Type": "application/json"})
         resp = conn.getresponse()
         assert resp.status == 200, f"{server['name']}: HTTP {resp.status} {resp.read()[:500]}"
-        ttft, tokens = None, None
+        ttft, tokens, prompt_tokens = None, None, None
         for line in resp:
             if not line.startswith(b"data: ") or line.strip() == b"data: [DONE]":
                 continue
@@ -193,10 +192,10 @@ try:
             if ttft is None and any((c.get("delta") or {}).get("content") for c in chunk.get("choices") or []):
                 ttft = time.perf_counter() - t0
             if chunk.get("usage"):
-                tokens = chunk["usage"]["completion_tokens"]
+                tokens, prompt_tokens = chunk["usage"]["completion_tokens"], chunk["usage"]["prompt_tokens"]
         conn.close()
         assert tokens is not None, f"{server['name']}: no usage in the stream"
-        return ttft if ttft is not None else time.perf_counter() - t0, tokens
+        return ttft if ttft is not None else time.perf_counter() - t0, tokens, prompt_tokens
 
     def run_load(server, clients, salt):
         results, errors = [], []
@@ -218,11 +217,14 @@ try:
         wall = time.perf_counter() - t0
         if errors:
             raise errors[0]
-        tokens = sum(n for _, n in results)
-        assert all(n == args.max_new_tokens for _, n in results), \
-            f"{server['name']}: some replies were not {args.max_new_tokens} tokens: {sorted({n for _, n in results})}"
-        return tokens / wall, [t for t, _ in results]
+        tokens = sum(n for _, n, _ in results)
+        assert all(n == args.max_new_tokens for _, n, _ in results), \
+            f"{server['name']}: some replies were not {args.max_new_tokens} tokens: {sorted({n for _, n, _ in results})}"
+        if server is ours:
+            prompt_lens.extend(p for _, _, p in results)
+        return tokens / wall, [t for t, _, _ in results]
 
+    prompt_lens = []  # of our requests, for the roofline
     for server in servers:  # warm-up: first requests pay one-time costs (allocation, the peer's CB set-up)
         run_load(server, 2, "warmup")
 
@@ -271,5 +273,18 @@ summary[f"speedup_{hi}_vs_{lo}"] = round(summary[f"tok_per_s_{hi}"] / summary[f"
 if args.peer:
     for c in clients_list:
         summary[f"vs_transformers_serve_{c}"] = round(summary[f"tok_per_s_{c}"] / summary[f"peer_tok_per_s_{c}"], 2)
+if device_type == "cpu":  # the least time of the same work on this machine (nanochat/roofline.py), servers stopped
+    from nanochat.roofline import decode_bound, describe
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    prompt_len = round(statistics.mean(prompt_lens))
+    print(f"\n{describe(torch.float32)}\nour server against the roofline of its work (C sequences at once, "
+          f"{prompt_len}-token prompts, prefill included, no server overhead):")
+    for c in clients_list:
+        bound_rate = c * args.max_new_tokens / decode_bound(model, [prompt_len] * c, args.max_new_tokens).seconds
+        frac = summary[f"tok_per_s_{c}"] / bound_rate
+        print(f"  {c:>3} client(s): {summary[f'tok_per_s_{c}']:.1f} of {bound_rate:.1f} tok/s = {frac:.1%}")
+        summary[f"fraction_of_roofline_{c}"] = round(frac, 3)
 summary["device"] = device_type
 print(json.dumps(summary))
