@@ -62,8 +62,8 @@ class Replica:
     through an asyncio.Queue, fed with loop.call_soon_threadsafe. `rows` counts the samples of the
     requests in flight (only the loop thread changes it), which decides routing and 429s."""
 
-    def __init__(self, index, model, tokenizer, device, num_slots, dtype):
-        self.index, self.device, self.num_slots, self.dtype = index, device, num_slots, dtype
+    def __init__(self, index, model, tokenizer, device, num_slots, dtype, threads=None):
+        self.index, self.device, self.num_slots, self.dtype, self.threads = index, device, num_slots, dtype, threads
         self.engine = Engine(model, tokenizer, num_slots=num_slots)
         self.context = model.config.sequence_len
         self.lock = threading.Lock()  # guards `streams` between submit and the worker's dispatch
@@ -95,6 +95,8 @@ class Replica:
     def _run(self):
         with ExitStack() as stack:
             stack.enter_context(torch.inference_mode())  # thread-local, so entered in this thread
+            if self.threads:  # CPU: the intra-op threads of this thread's ops
+                torch.set_num_threads(self.threads)
             if self.device.type == "cuda":
                 torch.cuda.set_device(self.device)
             stack.enter_context(autocast_ctx(self.device.type, self.dtype))
