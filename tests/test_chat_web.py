@@ -445,3 +445,12 @@ def test_full_queue_answers_429(url):
     wait_idle(url)
     status, _, reply = request(url, "POST", "/v1/chat/completions", GOOD, headers=AUTH)
     assert status == 200, reply
+
+
+def test_threads_flag_is_checked_before_anything_loads():
+    """--threads below 1 is refused with the flag named (argparse's exit status 2, no traceback)."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "scripts.chat_web", "--threads", "0"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 2 and "--threads must be >= 1, got 0" in out.stderr and "Traceback" not in out.stderr
