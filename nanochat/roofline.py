@@ -67,48 +67,37 @@ class Bound:
     def limit(self):
         return "compute" if self.compute_s >= self.memory_s else "bandwidth"
 
-    def fraction(self, seconds):
-        """Which fraction of the bound a measured time reaches (1.0: at the roofline)."""
-        return self.seconds / seconds
 
-
-def step_costs(model, batch, context, bytes_per_value=4):
-    """(FLOPs, bytes read) of one decode step: `batch` sequences, each with `context` cached positions.
-    Weights: every block matrix and the head once, the embedding at `batch` rows; the KV cache:
-    keys and values of every layer over the context; FLOPs: 2 per weight and token plus the
-    attention's q.k and p.v (4 x context x head dim per head and layer)."""
+def step_costs(model, contexts, bytes_per_value=4):
+    """(FLOPs, bytes read) of one forward step of one new token for each sequence, `contexts` its
+    cached positions. Weights: every block matrix and the head once for all, the embedding at one row
+    per sequence; the KV cache: keys and values of every layer over each context; FLOPs: 2 per
+    weight and token plus the attention's q.k and p.v (4 x context x head dim per head and layer)."""
     config = model.config
     d, L = config.n_embd, config.n_layer
     head_dim = d // config.n_head
     kv_width = config.n_kv_head * head_dim
     matmul_weights = model.num_params() - model.transformer.wte.weight.numel()  # the blocks and the head
-    weight_bytes = (matmul_weights + batch * d) * bytes_per_value
-    kv_bytes = batch * L * 2 * kv_width * context * bytes_per_value
-    flops = batch * (2 * matmul_weights + L * config.n_head * 4 * head_dim * context)
-    return flops, weight_bytes + kv_bytes
+    cached = sum(contexts)
+    flops = len(contexts) * 2 * matmul_weights + L * config.n_head * 4 * head_dim * cached
+    nbytes = (matmul_weights + len(contexts) * d + L * 2 * kv_width * cached) * bytes_per_value
+    return flops, nbytes
 
 
 def decode_bound(model, prompt_lens, new_tokens, shared_prompt=False, dtype=torch.float32):
     """The least time to decode `new_tokens` for each sequence after its prompt (lengths
     `prompt_lens`; shared_prompt: one prefill for all, as for n samples of one prompt). Prefill at
-    the matmul rate; each decode step of all sequences at the larger of its compute and memory times."""
+    the matmul rate (a prompt's tokens attend to half its length on average); each decode step of
+    all sequences at the larger of its compute and memory times."""
     rate, size = matmul_rate(dtype), torch.finfo(dtype).bits // 8
     prefills = prompt_lens[:1] if shared_prompt else prompt_lens
-    compute_s = sum(step_costs(model, n, n // 2, size)[0] for n in prefills) / rate
+    compute_s = sum(step_costs(model, [n // 2] * n, size)[0] for n in prefills) / rate
     memory_s, total = 0.0, compute_s
     for i in range(new_tokens):
-        flops = nbytes = 0
-        for j, n in enumerate(prompt_lens):  # one step: the weights once, each sequence's flops and cache
-            f, b = step_costs(model, 1, n + i, size)
-            flops, nbytes = flops + f, nbytes + (b if j == 0 else b - weight_bytes(model, size))
+        flops, nbytes = step_costs(model, [n + i for n in prompt_lens], size)
         c, m = flops / rate, nbytes / read_bandwidth(_bucket(nbytes))
         compute_s, memory_s, total = compute_s + c, memory_s + m, total + max(c, m)
     return Bound(total, compute_s, memory_s)
-
-
-def weight_bytes(model, bytes_per_value=4):
-    """Bytes of the weights one decode step reads for one sequence (step_costs at an empty cache)."""
-    return step_costs(model, 1, 0, bytes_per_value)[1]
 
 
 def _bucket(nbytes):

@@ -164,18 +164,17 @@ def main():
                              final_val_bpb=summary["final_val_bpb"], compute_dtype=summary["compute_dtype"], evals=evals))
             print(f"{name} seed {seed}: " + " | ".join(f"{e['train_time'] / 60:.2f} min {e['val_bpb']:.4f}" for e in evals), flush=True)
 
+    before = {r["seed"]: r for r in runs if r["config"] == "before"}
     speedups = []
-    for r in runs:  # the target of each run: --target-bpb, else the final bpb of its seed's BEFORE run
-        base = next((b for b in runs if b["config"] == "before" and b["seed"] == r["seed"]), None)
+    for r in sorted(runs, key=lambda r: r["config"] != "before"):  # BEFORE's times first: AFTER's ratio needs them
+        base = before.get(r["seed"])  # the target: --target-bpb, else the final bpb of the seed's BEFORE run
         r["target_bpb"] = args.target_bpb if args.target_bpb is not None else (base and base["final_val_bpb"])
         if r["target_bpb"] is None:
             r["time_to_target_s"] = None
-        elif r["config"] == "before" and args.target_bpb is None:
+        elif r is base and args.target_bpb is None:
             r["time_to_target_s"] = r["training_time_s"]  # it reaches its own final at its end, by definition
         else:
             r["time_to_target_s"] = time_to_target(r["evals"], r["target_bpb"])
-    for r in runs:
-        base = next((b for b in runs if b["config"] == "before" and b["seed"] == r["seed"]), None)
         if r["config"] == "after" and base and r["time_to_target_s"] and base["time_to_target_s"]:
             r["speedup"] = base["time_to_target_s"] / r["time_to_target_s"]
             speedups.append(r["speedup"])

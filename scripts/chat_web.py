@@ -95,7 +95,7 @@ parser.add_argument("--num-gpus", type=int, default=1,
 parser.add_argument("--num-slots", type=int, default=16, help="rows each replica decodes together")
 parser.add_argument("--threads", type=int, default=None,
                     help="CPU: torch threads of the decode (default: $OMP_NUM_THREADS if set, else one fewer than the "
-                         "cores: the HTTP loop keeps a core; web_bench on 2 cores: 1 thread streams 1.5x faster than 2)")
+                         "cores: the HTTP loop keeps a core; web_bench on 2 cores: 1 thread streams 1.25-1.5x faster than 2)")
 parser.add_argument("--max-queue", type=int, default=64,
                     help="rows that may wait for a slot per replica; beyond that requests get 429")
 # connections

@@ -17,6 +17,8 @@ is now --max-new-tokens (the old name is tested in test_chat_cli.py).
 import http.client
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 from urllib.parse import urlsplit
@@ -449,8 +451,6 @@ def test_full_queue_answers_429(url):
 
 def test_threads_flag_is_checked_before_anything_loads():
     """--threads below 1 is refused with the flag named (argparse's exit status 2, no traceback)."""
-    import subprocess
-    import sys
     out = subprocess.run([sys.executable, "-m", "scripts.chat_web", "--threads", "0"], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 2 and "--threads must be >= 1, got 0" in out.stderr and "Traceback" not in out.stderr
