@@ -35,7 +35,8 @@ from nanochat.engine import Engine, SamplingParams
 from nanochat.reply import ReplyParts
 
 RATE_WINDOW_S = 10
-UI_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ui.html")
+UI_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ui.html")  # markup and style
+UI_SCRIPT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ui.js")  # behaviour, inlined into it
 
 
 @dataclass
@@ -286,8 +287,8 @@ def build_app(replicas, tokenizer, settings):
     """The ASGI app serving `replicas` (started Replica objects, all of one model) with `tokenizer`."""
     num_slots = replicas[0].num_slots
     model_id, started = settings.model_id, time.time()
-    with open(UI_PATH, encoding="utf-8") as f:
-        ui_html = f.read()
+    with open(UI_PATH, encoding="utf-8") as f, open(UI_SCRIPT_PATH, encoding="utf-8") as js:
+        ui_html = f.read().replace("__UI_SCRIPT__", js.read().rstrip("\n"))
 
     async def check_api_key(request: Request):
         if settings.api_key is None or request.url.path in ("/", "/health"):
