@@ -126,9 +126,14 @@ def test_stream_stop_regenerate_edit_and_new_chat(browser, servers):
 
     send(page, "Hello there")
     # the reply streams: text shows while the send button is the stop button
+    # polled every 10 ms rather than per animation frame: a 300-token reply of the tiny model streams
+    # in a fraction of a second, and a wait that misses the streaming state times out after 30 s
     page.wait_for_function("() => document.getElementById('send').dataset.mode === 'stop' && "
-                           "(document.querySelector('.msg.assistant .bubble') || {}).textContent?.length > 5")
-    page.click("#send")  # stop
+                           "(document.querySelector('.msg.assistant .bubble') || {}).textContent?.length > 5",
+                           polling=10)
+    # stop: a real click at the button, without Playwright's wait for a still layout (a reply streaming
+    # into the page kept it "attempting click action" for 30 s once, with the button shown as Stop)
+    page.click("#send", force=True)
     page.wait_for_function("() => document.getElementById('send').dataset.mode === 'send'")
     assert page.locator(".msg.assistant .note").inner_text() == "Stopped."
     stopped = last_reply(page)
@@ -151,8 +156,8 @@ def test_stream_stop_regenerate_edit_and_new_chat(browser, servers):
     page.click(".msg.user [data-action=edit]")
     page.fill("#edit-input", "Hello again")
     page.press("#edit-input", "Enter")
-    page.wait_for_function("() => document.getElementById('send').dataset.mode === 'stop'")
-    page.click("#send")
+    page.wait_for_function("() => document.getElementById('send').dataset.mode === 'stop'", polling=10)
+    page.click("#send", force=True)  # stop, as above
     page.wait_for_function("() => document.getElementById('send').dataset.mode === 'send'")
     assert page.locator(".msg").count() == 2 and page.inner_text(".msg.user .bubble") == "Hello again"
     assert not last_reply(page).startswith(full[:20])
