@@ -2,9 +2,10 @@
 Time to a fixed val bpb on this machine: runcpu.sh's base stage as it was (BEFORE) against the one
 it runs now (AFTER, read from runcpu.sh), two seeds each, run in turn on the data mirror.
 
-    python -m scripts.base_bench                                  # the comparison (~40 min on 2 cores)
-    python -m scripts.base_bench --configs after --seeds 0        # today's runcpu base stage, once
-    python -m scripts.base_bench --configs after --seeds 0 --after-flags="--max-train-minutes=3 --matrix-lr=0.04"
+    python -m scripts.base_bench                                  # the comparison (~35 min on 2 cores)
+    python -m scripts.base_bench --after-minutes 6,10            # + AFTER at runcpu's own budget (~60 min)
+    python -m scripts.base_bench --configs after --after-minutes 10 --seeds 0   # today's runcpu base stage, once
+    python -m scripts.base_bench --configs after --seeds 0 --after-minutes 3 --after-flags="--matrix-lr=0.04"
                                                                   # an experiment: runcpu's flags, some replaced
 (--after-flags=... / --before-flags=...: with "=", since the value starts with "--".)
 
@@ -15,12 +16,19 @@ no checkpoints and no samples, in a temporary base dir holding a copy of the pro
 (get_base_dir()/tokenizer, made by scripts/tok_train.py). The runs go seed by seed, BEFORE then
 AFTER, so that a drift of the machine's speed hits both alike.
 
+AFTER trains for --after-minutes (default 6: "the same bpb in 6 minutes instead of 10" is a run with
+a 6-minute schedule), one run per horizon when several are given ("6,10": also what runcpu.sh's own
+10 minutes reach); each horizon is a config of its own, "after@6", "after@10". Why not read the
+crossing off a 10-minute run: inside any schedule the lr warm-down at its end takes a large part of
+the bpb (~0.1 in the last 2 minutes of a 10-minute run), so a curve crosses BEFORE's final only near
+its own end, whatever the config; the horizon is what a speed-up has to shorten.
+
 The target (default) is seed by seed: the final val bpb of that seed's BEFORE run, i.e. what today's
 defaults reach in their budget on this machine in this run; BEFORE's time is its training time, and
 AFTER's is when its eval curve (val bpb against training time, evaluation excluded, compilation
 included; an evaluation every --eval-interval minutes and at the end) first crosses that bpb,
 interpolated linearly between the two evaluations around the crossing. The speed-up is the median
-over seeds of BEFORE's time / AFTER's. With --target-bpb every run's time is its crossing of that
+over seeds of BEFORE's time / AFTER's, per horizon. With --target-bpb every run's time is its crossing of that
 value. Both configs are scored on the same validation tokens (the benchmark refuses configs whose
 --max-seq-len, --packing or --eval-tokens differ: another validation set is not the same bpb).
 
@@ -121,6 +129,8 @@ def main():
                         help="compute dtype of every run (float32: the gain must hold without fast bf16)")
     parser.add_argument("--after-flags", default="", help="base_train flags (--name=value) replacing runcpu.sh's in AFTER")
     parser.add_argument("--before-flags", default="", help="base_train flags (--name=value) replacing BEFORE's")
+    parser.add_argument("--after-minutes", default="6",
+                        help="comma-separated training budgets of AFTER, one run each (its --max-train-minutes)")
     parser.add_argument("--target-bpb", type=float, default=None, help="default: the BEFORE runs' mean final val bpb")
     parser.add_argument("--eval-interval", type=float, default=1.0, help="minutes of training time between evaluations")
     parser.add_argument("--device-type", default=None, choices=DEVICE_TYPES, help="device (default: autodetect)")
@@ -128,13 +138,21 @@ def main():
     args = parser.parse_args()
 
     try:
+        minutes = [float(m) for m in args.after_minutes.split(",") if m.strip()]
+    except ValueError:
+        minutes = []
+    if not minutes or min(minutes) <= 0:
+        parser.error(f"--after-minutes takes comma-separated positive minutes, got {args.after_minutes!r}")
+    try:
+        after = merged(runcpu_base_flags(), shlex.split(args.after_flags))
         configs = {"before": merged(BEFORE, shlex.split(args.before_flags)),
-                   "after": merged(runcpu_base_flags(), shlex.split(args.after_flags))}
+                   **{f"after@{m:g}": merged(after, [f"--max-train-minutes={m:g}"]) for m in minutes}}
     except ValueError as e:
         parser.error(str(e))
-    names = [c.strip() for c in args.configs.split(",") if c.strip()]
-    if not names or set(names) - set(configs):
-        parser.error(f"--configs takes a list of {sorted(configs)}, got {args.configs!r}")
+    wanted = [c.strip() for c in args.configs.split(",") if c.strip()]
+    if not wanted or set(wanted) - {"before", "after"}:
+        parser.error(f"--configs takes a list of before, after, got {args.configs!r}")
+    names = [n for w in wanted for n in configs if n.split("@")[0] == w]
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
@@ -165,7 +183,6 @@ def main():
             print(f"{name} seed {seed}: " + " | ".join(f"{e['train_time'] / 60:.2f} min {e['val_bpb']:.4f}" for e in evals), flush=True)
 
     before = {r["seed"]: r for r in runs if r["config"] == "before"}
-    speedups = []
     for r in sorted(runs, key=lambda r: r["config"] != "before"):  # BEFORE's times first: AFTER's ratio needs them
         base = before.get(r["seed"])  # the target: --target-bpb, else the final bpb of the seed's BEFORE run
         r["target_bpb"] = args.target_bpb if args.target_bpb is not None else (base and base["final_val_bpb"])
@@ -175,28 +192,34 @@ def main():
             r["time_to_target_s"] = r["training_time_s"]  # it reaches its own final at its end, by definition
         else:
             r["time_to_target_s"] = time_to_target(r["evals"], r["target_bpb"])
-        if r["config"] == "after" and base and r["time_to_target_s"] and base["time_to_target_s"]:
+        if r["config"] != "before" and base and r["time_to_target_s"] and base["time_to_target_s"]:
             r["speedup"] = base["time_to_target_s"] / r["time_to_target_s"]
-            speedups.append(r["speedup"])
     what = f"--target-bpb {args.target_bpb}" if args.target_bpb is not None else "the final val bpb of the seed's BEFORE run"
     print(f"\ntarget: {what}")
-    print(f"{'config':>7} | {'seed':>4} | {'steps':>5} | {'tok/s':>7} | {'MFU':>6} | {'dtype':>8} | {'final bpb':>9} | "
+    print(f"{'config':>8} | {'seed':>4} | {'steps':>5} | {'tok/s':>7} | {'MFU':>6} | {'dtype':>8} | {'final bpb':>9} | "
           f"{'target':>7} | {'to target (min)':>15} | {'speed-up':>8}")
     for r in runs:
         t, target = r["time_to_target_s"], r["target_bpb"]
         gain = f"{r['speedup']:.2f}x" if "speedup" in r else ""
-        print(f"{r['config']:>7} | {r['seed']:>4} | {r['steps']:>5} | {r['tok_per_s']:>7,.0f} | {100 * (r['mfu'] or 0):>5.1f}% | "
+        print(f"{r['config']:>8} | {r['seed']:>4} | {r['steps']:>5} | {r['tok_per_s']:>7,.0f} | {100 * (r['mfu'] or 0):>5.1f}% | "
               f"{r['compute_dtype']:>8} | {r['final_val_bpb']:>9.4f} | {'-' if target is None else f'{target:.4f}':>7} | "
               f"{'not reached' if t is None else f'{t / 60:.2f}':>15} | {gain:>8}")
-    speedup = statistics.median(speedups) if speedups else None
-    paired = [r for r in runs if r["config"] == "after"]
-    if speedup is not None and len(speedups) == len(paired):
-        print(f"speed-up to the same val bpb: {speedup:.2f}x (median over seeds of BEFORE time / AFTER time)")
-    elif paired and "before" in names:
-        print(f"speed-up: AFTER reached BEFORE's bpb in {len(speedups)} of {len(paired)} seeds")
-        speedup = None
-    print(json.dumps(dict(speedup=speedup, dtype=args.dtype, configs={n: configs[n] for n in names},
-                          runs=runs)))
+    speedups = {}  # per AFTER horizon: the median over seeds, when every seed reached the target
+    for name in (n for n in names if n != "before" and "before" in names):
+        paired = [r for r in runs if r["config"] == name]
+        reached = [r["speedup"] for r in paired if "speedup" in r]
+        finals = ", ".join(f"{r['final_val_bpb']:.4f}" for r in paired)
+        if len(reached) == len(paired):
+            speedups[name] = statistics.median(reached)
+            print(f"{name}: speed-up to the same val bpb {speedups[name]:.2f}x (median over seeds of BEFORE time / "
+                  f"{name} time); final val bpb {finals}")
+        else:
+            print(f"{name}: reached BEFORE's bpb in {len(reached)} of {len(paired)} seeds; final val bpb {finals}")
+    speedup = max(speedups.values()) if speedups else None  # the shortest horizon that still gets there, in effect
+    if speedup is not None:
+        print(f"speed-up: {speedup:.2f}x (the best horizon's)")
+    print(json.dumps(dict(speedup=speedup, speedups=speedups, dtype=args.dtype,
+                          configs={n: configs[n] for n in names}, runs=runs)))
 
 
 if __name__ == "__main__":
