@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole nanochat pipeline, small, on a laptop or a 2-core box (CPU, or Apple MPS when present):
 # tokenizer, a d2 base model, mid-training, SFT, RL, every eval, report.md, then the chat UI.
-# About 23 minutes on 2 idle cores (measured, fresh clone); the model is tiny and mostly babbles, but it knows who it is.
+# 15-23 minutes on 2 idle cores (measured, fresh clone, on two CPUs); the model is tiny and mostly babbles, but it knows who it is.
 #
 #   NANOCHAT_DATA_DIR=../shared/data bash runcpu.sh    # with an offline data mirror (no downloads)
 #   bash runcpu.sh                                      # downloads 4 pretraining shards (~400 MB) first
