@@ -37,6 +37,7 @@ Prints each run's curve, a table and, as its last line, one JSON object with eve
 
 import argparse
 import json
+import math
 import os
 import re
 import shlex
@@ -131,7 +132,7 @@ def main():
     parser.add_argument("--before-flags", default="", help="base_train flags (--name=value) replacing BEFORE's")
     parser.add_argument("--after-minutes", default="6",
                         help="comma-separated training budgets of AFTER, one run each (its --max-train-minutes)")
-    parser.add_argument("--target-bpb", type=float, default=None, help="default: the BEFORE runs' mean final val bpb")
+    parser.add_argument("--target-bpb", type=float, default=None, help="default: seed by seed, the final val bpb of that seed's BEFORE run")
     parser.add_argument("--eval-interval", type=float, default=1.0, help="minutes of training time between evaluations")
     parser.add_argument("--device-type", default=None, choices=DEVICE_TYPES, help="device (default: autodetect)")
     parser.add_argument("--data-dir", default=None, help="data mirror (default: $NANOCHAT_DATA_DIR, else ../shared/data)")
@@ -141,7 +142,7 @@ def main():
         minutes = [float(m) for m in args.after_minutes.split(",") if m.strip()]
     except ValueError:
         minutes = []
-    if not minutes or min(minutes) <= 0:
+    if not minutes or not all(math.isfinite(m) and m > 0 for m in minutes):
         parser.error(f"--after-minutes takes comma-separated positive minutes, got {args.after_minutes!r}")
     try:
         after = merged(runcpu_base_flags(), shlex.split(args.after_flags))
@@ -215,7 +216,7 @@ def main():
                   f"{name} time); final val bpb {finals}")
         else:
             print(f"{name}: reached BEFORE's bpb in {len(reached)} of {len(paired)} seeds; final val bpb {finals}")
-    speedup = max(speedups.values()) if speedups else None  # the shortest horizon that still gets there, in effect
+    speedup = max(speedups.values()) if speedups else None  # the horizon with the largest ratio
     if speedup is not None:
         print(f"speed-up: {speedup:.2f}x (the best horizon's)")
     print(json.dumps(dict(speedup=speedup, speedups=speedups, dtype=args.dtype,
